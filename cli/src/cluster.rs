@@ -1,0 +1,101 @@
+//! An in-process cluster (scheduler + executor) for `encore standalone`,
+//! `encore demo` and `encore sql --standalone`, and the connection check for
+//! remote schedulers.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use ballista::prelude::SessionContextExt;
+use datafusion::prelude::SessionContext;
+use encore_executor::{ExecutorConfig, ExecutorHandle, start_executor};
+use encore_scheduler::{SchedulerConfig, SchedulerHandle, start_scheduler};
+
+/// How long to wait for a TCP connection to a remote scheduler.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an in-process executor may take to register.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A scheduler and one executor running in this process.
+pub struct LocalCluster {
+    /// The scheduler.
+    pub scheduler: SchedulerHandle,
+    /// The executor.
+    pub executor: ExecutorHandle,
+}
+
+impl LocalCluster {
+    /// Starts both and waits until the executor has registered.
+    pub async fn start(scheduler: SchedulerConfig, executor: ExecutorConfig) -> anyhow::Result<Self> {
+        let scheduler = start_scheduler(scheduler)
+            .await
+            .context("starting the scheduler")?;
+        let addr = scheduler.addr();
+        let executor = start_executor(executor.with_scheduler(addr.ip().to_string(), addr.port()))
+            .await
+            .context("starting the executor")?;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !executor.is_ready() {
+            if Instant::now() > deadline {
+                bail!(
+                    "the executor did not register with the scheduler at {addr} within {}s",
+                    READY_TIMEOUT.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Self {
+            scheduler,
+            executor,
+        })
+    }
+
+    /// On free ports with `slots` task slots: for one-shot commands.
+    pub async fn ephemeral(slots: usize) -> anyhow::Result<Self> {
+        Self::start(
+            SchedulerConfig::default().with_bind_port(0),
+            ExecutorConfig::default()
+                .with_free_ports()
+                .with_concurrent_tasks(slots),
+        )
+        .await
+    }
+
+    /// Stops the executor, then the scheduler.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.executor.abort();
+        self.scheduler.shutdown().await?;
+        Ok(())
+    }
+}
+
+/// A Ballista session on the scheduler at `url` (`df://host:port`), after
+/// checking that the scheduler answers, so a wrong address fails fast.
+pub async fn connect(url: &str) -> anyhow::Result<SessionContext> {
+    let parsed = url::Url::parse(url)
+        .with_context(|| format!("invalid scheduler URL '{url}' (expected df://HOST:PORT)"))?;
+    let (Some(host), Some(port)) = (parsed.host_str(), parsed.port()) else {
+        bail!("invalid scheduler URL '{url}' (expected df://HOST:PORT)");
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{host}:{port}"))
+        .with_context(|| format!("invalid scheduler URL '{url}'"))?
+        .connect_timeout(CONNECT_TIMEOUT);
+    match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => bail!("cannot reach scheduler at {url}: {}", root_cause(&e)),
+        Err(_) => bail!(
+            "cannot reach scheduler at {url}: no answer within {}s",
+            CONNECT_TIMEOUT.as_secs()
+        ),
+    }
+    SessionContext::remote(&format!("df://{host}:{port}"))
+        .await
+        .with_context(|| format!("cannot open a session on {url}"))
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}

@@ -1,0 +1,6 @@
+//! One module per `encore` subcommand.
+
+pub mod datagen;
+pub mod demo;
+pub mod sql;
+pub mod standalone;

@@ -1,0 +1,66 @@
+//! `encore`: the command line of the Encore cluster.
+//!
+//! Every command prints one clear `error: ...` line and exits non-zero on
+//! bad input; long work shows progress on stderr.
+
+mod cluster;
+mod commands;
+mod output;
+
+use clap::{Parser, Subcommand};
+
+/// Encore: compute and model serving for music-streaming data teams.
+#[derive(Parser, Debug)]
+#[command(name = "encore", version, propagate_version = true)]
+struct Cli {
+    /// More logging on stderr (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    Sql(commands::sql::Args),
+    Standalone(commands::standalone::Args),
+    Demo(commands::demo::Args),
+    Datagen(commands::datagen::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let default_level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_level.into()),
+        )
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(32 * 1024 * 1024)
+        .build();
+    let result = match runtime {
+        Ok(rt) => rt.block_on(async {
+            match cli.command {
+                Command::Sql(args) => commands::sql::run(args).await,
+                Command::Standalone(args) => commands::standalone::run(args).await,
+                Command::Demo(args) => commands::demo::run(args).await,
+                Command::Datagen(args) => commands::datagen::run(args).await,
+            }
+        }),
+        Err(e) => Err(anyhow::anyhow!("cannot start the tokio runtime: {e}")),
+    };
+    if let Err(e) = result {
+        // One line, whatever the error chain looks like.
+        let message = format!("{e:#}").replace('\n', " ");
+        eprintln!("error: {message}");
+        std::process::exit(1);
+    }
+}

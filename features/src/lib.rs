@@ -1,0 +1,14 @@
+//! Encore's data layer: the canonical tables of DESIGN.md as Arrow schemas,
+//! a deterministic data generator, and registration of Parquet / CSV /
+//! NDJSON files or folders as DataFusion tables (locally or on a Ballista
+//! cluster). Feature, label and segment plans land here too.
+//!
+//! This crate knows nothing of training, serving or the cluster processes:
+//! it only needs a DataFusion `SessionContext`, wherever that executes.
+
+pub mod datagen;
+pub mod error;
+pub mod schema;
+pub mod tables;
+
+pub use error::{Error, Result};

@@ -1,0 +1,31 @@
+//! Errors of the models crate.
+
+/// Result with the models crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong turning data into tensors or training.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A requested column is not in the batch.
+    #[error("column '{0}' not found")]
+    MissingColumn(String),
+    /// A column's type cannot become a float feature.
+    #[error("column '{column}' has type {data_type}, expected a number or boolean")]
+    UnsupportedType {
+        /// Column name.
+        column: String,
+        /// Its Arrow type.
+        data_type: String,
+    },
+    /// A feature value is null (features must be imputed before training).
+    #[error("column '{column}' is null at row {row}")]
+    Null {
+        /// Column name.
+        column: String,
+        /// Row within the batch.
+        row: usize,
+    },
+    /// libtorch reported an error.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}

@@ -1,0 +1,109 @@
+//! Encore's HTTP endpoints on the scheduler port and the gRPC metrics layer.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use ballista_scheduler::scheduler_server::SchedulerServer;
+use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
+
+use crate::metrics::SchedulerMetrics;
+
+/// The embedded Ballista scheduler, with Ballista's default plan codecs.
+pub(crate) type Ballista = SchedulerServer<LogicalPlanNode, PhysicalPlanNode>;
+
+/// Shared by the HTTP handlers and the gRPC layer.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub scheduler: Arc<Ballista>,
+    pub metrics: Arc<SchedulerMetrics>,
+}
+
+/// `/metrics`, `/healthz` and `/readyz`.
+pub(crate) fn routes(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    refresh_gauges(&state).await;
+    match state.metrics.encode() {
+        Ok(text) => (
+            [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            text,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn refresh_gauges(state: &AppState) {
+    let s = &state.scheduler;
+    if let Ok(executors) = s.state.executor_manager.get_executors_state().await {
+        state.metrics.executors.set(executors.len() as i64);
+    }
+    state.metrics.jobs_pending.set(s.pending_job_number() as i64);
+    state.metrics.jobs_running.set(s.running_job_number() as i64);
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let required = state.scheduler.state.config.min_ready_executors;
+    let registered = state
+        .scheduler
+        .state
+        .executor_manager
+        .get_executors_state()
+        .await
+        .map(|e| e.len())
+        .unwrap_or(0);
+    if state.scheduler.is_ready() {
+        (
+            StatusCode::OK,
+            format!("ready: {registered} executors registered\n"),
+        )
+            .into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {registered}/{required} executors registered\n"),
+        )
+            .into_response()
+    }
+}
+
+/// Middleware for the gRPC routes: counts calls by method and status code and
+/// times them to the response headers.
+pub(crate) async fn grpc_metrics(
+    State(metrics): State<Arc<SchedulerMetrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    // "/ballista.protobuf.SchedulerGrpc/PollWork" -> "PollWork"; a bounded set.
+    let method = request
+        .uri()
+        .path()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let response = next.run(request).await;
+    // Errors are sent as trailers-only responses with grpc-status in the
+    // headers; a success carries it in the trailers, after the body.
+    let code = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("0")
+        .to_owned();
+    metrics.observe_grpc(&method, &code, started.elapsed());
+    response
+}

@@ -1,0 +1,136 @@
+//! `encore-scheduler`: parses flags, environment and the optional TOML file,
+//! installs logging and runs [`encore_scheduler::start_scheduler`] until
+//! SIGTERM or Ctrl-C.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use encore_scheduler::{SchedulerConfig, SchedulingPolicy, TaskDistribution, start_scheduler};
+
+/// Encore scheduler: an Apache Ballista scheduler with Prometheus metrics and health probes.
+///
+/// gRPC (Ballista SchedulerGrpc, Arrow Flight proxy) and HTTP (/metrics,
+/// /healthz, /readyz, /api/...) share one port. Settings come from flags,
+/// then ENCORE_SCHEDULER_* variables, then the [scheduler] section of
+/// --config, then defaults.
+#[derive(Parser, Debug)]
+#[command(
+    name = "encore-scheduler",
+    version,
+    after_help = "Examples:\n  encore-scheduler --bind-port 50050\n  encore-scheduler --bind-port 0 --config encore.toml   # any free port, logged on stdout"
+)]
+struct Args {
+    /// TOML file with a [scheduler] section (keys as in the flags, with underscores).
+    #[arg(long, env = "ENCORE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1].
+    #[arg(long, env = "ENCORE_SCHEDULER_BIND_HOST")]
+    bind_host: Option<String>,
+    /// Port to listen on; 0 picks a free one [default: 50050].
+    #[arg(long, env = "ENCORE_SCHEDULER_BIND_PORT")]
+    bind_port: Option<u16>,
+    /// Host name advertised to executors and clients [default: the bind host].
+    #[arg(long, env = "ENCORE_SCHEDULER_EXTERNAL_HOST")]
+    external_host: Option<String>,
+    /// push-staged or pull-staged; must match the executors [default: push-staged].
+    #[arg(long, env = "ENCORE_SCHEDULER_POLICY")]
+    scheduler_policy: Option<SchedulingPolicy>,
+    /// bias (fill one executor first) or round-robin [default: bias].
+    #[arg(long, env = "ENCORE_SCHEDULER_TASK_DISTRIBUTION")]
+    task_distribution: Option<TaskDistribution>,
+    /// Declare an executor dead after this long without a heartbeat [default: 180].
+    #[arg(long, env = "ENCORE_SCHEDULER_EXECUTOR_TIMEOUT_SECONDS")]
+    executor_timeout_seconds: Option<u64>,
+    /// How often to look for dead executors [default: 15].
+    #[arg(long, env = "ENCORE_SCHEDULER_EXPIRE_DEAD_EXECUTOR_INTERVAL_SECONDS")]
+    expire_dead_executor_interval_seconds: Option<u64>,
+    /// Attempts per task before the query fails [default: 4].
+    #[arg(long, env = "ENCORE_SCHEDULER_TASK_MAX_FAILURES")]
+    task_max_failures: Option<usize>,
+    /// /readyz is 200 once this many executors registered [default: 1].
+    #[arg(long, env = "ENCORE_SCHEDULER_MIN_READY_EXECUTORS")]
+    min_ready_executors: Option<usize>,
+}
+
+impl Args {
+    fn into_config(self) -> anyhow::Result<SchedulerConfig> {
+        let mut c = match &self.config {
+            Some(path) => SchedulerConfig::from_toml_file(path)?,
+            None => SchedulerConfig::default(),
+        };
+        macro_rules! set {
+            ($($field:ident),*) => {$(
+                if let Some(v) = self.$field { c.$field = v; }
+            )*};
+        }
+        set!(
+            bind_host,
+            bind_port,
+            scheduler_policy,
+            task_distribution,
+            executor_timeout_seconds,
+            expire_dead_executor_interval_seconds,
+            task_max_failures,
+            min_ready_executors
+        );
+        if self.external_host.is_some() {
+            c.external_host = self.external_host;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("encore-scheduler: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let config = Args::parse().into_config()?;
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        // Ballista's planner recurses deeply on large plans.
+        .thread_stack_size(32 * 1024 * 1024)
+        .build()
+        .context("cannot start the tokio runtime")?
+        .block_on(async {
+            let mut handle = start_scheduler(config).await?;
+            // One stable line on stdout for scripts and tests.
+            println!("encore-scheduler listening on {}", handle.url());
+            tokio::select! {
+                r = handle.wait() => r?,
+                _ = shutdown_signal() => {
+                    tracing::info!("shutting down");
+                    handle.shutdown().await?;
+                }
+            }
+            Ok(())
+        })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing a SIGTERM handler cannot fail on unix");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,151 @@
+//! Starting and stopping the scheduler process.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use ballista_core::flight_proxy_service::BallistaFlightProxyService;
+use ballista_core::serde::protobuf::scheduler_grpc_server::SchedulerGrpcServer;
+use ballista_scheduler::cluster::BallistaCluster;
+use ballista_scheduler::scheduler_process::create_scheduler;
+use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::service::RoutesBuilder;
+use tracing::info;
+
+use crate::config::SchedulerConfig;
+use crate::error::{Error, Result};
+use crate::http::{self, AppState};
+use crate::metrics::SchedulerMetrics;
+
+/// A running scheduler. Dropping it stops the server.
+pub struct SchedulerHandle {
+    addr: SocketAddr,
+    advertised: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<()>>>,
+}
+
+impl SchedulerHandle {
+    /// The address the server is bound to (gRPC and HTTP).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The URL clients pass to `SessionContext::remote` and `encore sql --scheduler`.
+    pub fn url(&self) -> String {
+        format!("df://{}", self.advertised)
+    }
+
+    /// Base URL of the HTTP endpoints (`/metrics`, `/healthz`, `/readyz`, `/api`).
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.advertised)
+    }
+
+    /// Stops accepting connections, lets in-flight requests finish, and waits.
+    pub async fn shutdown(mut self) -> Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.wait().await
+    }
+
+    /// Waits until the server stops (after [`Self::shutdown`], or on an I/O error).
+    pub async fn wait(&mut self) -> Result<()> {
+        match self.task.take() {
+            Some(task) => task
+                .await
+                .map_err(|e| Error::Serve(std::io::Error::other(e.to_string())))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for SchedulerHandle {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Binds, starts the embedded Ballista scheduler and serves gRPC + HTTP on one port.
+pub async fn start_scheduler(config: SchedulerConfig) -> Result<SchedulerHandle> {
+    config.validate()?;
+    let wanted = format!("{}:{}", config.bind_host, config.bind_port);
+    let listener = tokio::net::TcpListener::bind(&wanted)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: wanted.clone(),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| Error::Bind {
+        addr: wanted,
+        source,
+    })?;
+    // Ballista advertises `external_host:bind_port`; give it the real port.
+    let ballista_config = Arc::new(config.to_ballista(addr.port()));
+    ballista_config.validate()?;
+    let cluster = BallistaCluster::new_from_config(&ballista_config).await?;
+    let scheduler =
+        create_scheduler::<LogicalPlanNode, PhysicalPlanNode>(cluster, ballista_config.clone())
+            .await?;
+    let metrics = Arc::new(SchedulerMetrics::new()?);
+
+    let max_message = config.grpc_max_message_bytes as usize;
+    let mut grpc = RoutesBuilder::default();
+    grpc.add_service(
+        SchedulerGrpcServer::new(scheduler.clone())
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message),
+    );
+    // Lets clients that cannot reach executors fetch results through the scheduler.
+    grpc.add_service(
+        FlightServiceServer::new(BallistaFlightProxyService::new(
+            max_message,
+            max_message,
+            false,
+            None,
+        ))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message),
+    );
+    let grpc = grpc
+        .routes()
+        .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(
+            metrics.clone(),
+            http::grpc_metrics,
+        ));
+
+    let scheduler = Arc::new(scheduler);
+    let app = ballista_scheduler::api::get_routes(scheduler.clone())
+        .merge(grpc)
+        .merge(http::routes(AppState {
+            scheduler,
+            metrics,
+        }));
+
+    let advertised = format!("{}:{}", config.advertised_host(), addr.port());
+    info!(%addr, url = %format!("df://{advertised}"), "encore scheduler listening");
+
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = rx.await;
+        })
+        .await
+        .map_err(Error::Serve)
+    });
+    Ok(SchedulerHandle {
+        addr,
+        advertised,
+        shutdown: Some(tx),
+        task: Some(task),
+    })
+}

@@ -1,0 +1,143 @@
+//! The `encore` CLI against a real cluster, and its answers to bad input.
+
+use encore_tests::{Executor, Scheduler, encore};
+
+use crate::{data_dir, temp_path};
+
+fn table(name: &str) -> String {
+    format!("{name}={}", data_dir().join(name).display())
+}
+
+#[test]
+fn sql_on_a_remote_cluster_prints_and_writes_results() {
+    let scheduler = Scheduler::start(&[]).unwrap();
+    let _executor = Executor::start(&scheduler, &[]).unwrap();
+    scheduler.wait_for_executors(1).unwrap();
+    let url = scheduler.url();
+
+    let sql = "SELECT source, count(*) AS plays FROM plays GROUP BY source ORDER BY source";
+    let plays = table("plays");
+    let (code, out, err) =
+        encore(&["sql", "--scheduler", &url, "--table", &plays, sql]).unwrap();
+    assert_eq!(code, 0, "stderr: {err}");
+    for source in ["playlist", "radio", "recommendation", "search", "other"] {
+        assert!(out.contains(source), "{out}");
+    }
+    assert!(out.contains("5 rows"), "{out}");
+
+    // --out writes a file another query can read back.
+    let (_dir, csv) = temp_path("by_source.csv");
+    let csv_arg = csv.display().to_string();
+    let (code, out, err) = encore(&[
+        "sql", "--scheduler", &url, "--table", &plays, sql, "--out", &csv_arg,
+    ])
+    .unwrap();
+    assert_eq!(code, 0, "stderr: {err}");
+    assert!(out.contains("wrote 5 rows"), "{out}");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(text.lines().next(), Some("source,plays"));
+    assert_eq!(text.lines().count(), 6, "{text}");
+    // No temporary file is left beside the result.
+    let leftovers: Vec<_> = std::fs::read_dir(csv.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+
+    let (_dir, parquet) = temp_path("by_source.parquet");
+    let parquet_arg = parquet.display().to_string();
+    let (code, _, err) = encore(&[
+        "sql", "--scheduler", &url, "--table", &plays, sql, "--out", &parquet_arg,
+    ])
+    .unwrap();
+    assert_eq!(code, 0, "stderr: {err}");
+    let back = format!("t={parquet_arg}");
+    let (code, out, err) = encore(&[
+        "sql", "--scheduler", &url, "--table", &back, "SELECT sum(plays) AS total FROM t",
+    ])
+    .unwrap();
+    assert_eq!(code, 0, "stderr: {err}");
+    let (_, direct, _) = encore(&[
+        "sql", "--scheduler", &url, "--table", &plays, "SELECT count(*) AS total FROM plays",
+    ])
+    .unwrap();
+    let total = |s: &str| s.lines().nth(3).map(str::to_owned);
+    assert_eq!(total(&out), total(&direct), "{out} vs {direct}");
+}
+
+#[test]
+fn sql_standalone_runs_without_a_cluster() {
+    let plays = table("plays");
+    let (code, out, err) = encore(&[
+        "sql",
+        "--standalone",
+        "--table",
+        &plays,
+        "SELECT count(DISTINCT day) AS days FROM plays",
+    ])
+    .unwrap();
+    assert_eq!(code, 0, "stderr: {err}");
+    assert!(out.contains("| 6    |"), "{out}");
+}
+
+/// Each bad input: non-zero exit, one `error:` line naming the problem.
+#[test]
+fn bad_input_gives_one_clear_error_line() {
+    let plays = table("plays");
+    let missing = format!("t={}", data_dir().join("nope.parquet").display());
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["sql", "--scheduler", "df://127.0.0.1:1", "SELECT 1"],
+            "cannot reach scheduler at df://127.0.0.1:1",
+        ),
+        (
+            vec!["sql", "--scheduler", "not a url", "SELECT 1"],
+            "invalid scheduler URL",
+        ),
+        (
+            vec!["sql", "--standalone", "--table", &plays, "SELEC count(*) FROM plays"],
+            "SELEC",
+        ),
+        (
+            vec!["sql", "--standalone", "--table", &missing, "SELECT * FROM t"],
+            "nope.parquet does not exist",
+        ),
+        (
+            vec!["sql", "--standalone", "SELECT * FROM no_such_table"],
+            "no_such_table",
+        ),
+        (
+            vec!["sql", "--standalone", "--table", "plays", "SELECT 1"],
+            "expected NAME=PATH",
+        ),
+        (
+            vec!["sql", "--standalone", "SELECT 1", "--out", "result.xlsx"],
+            "unknown format",
+        ),
+    ];
+    for (args, needle) in cases {
+        let (code, out, err) = encore(&args).unwrap();
+        assert_ne!(code, 0, "{args:?} succeeded: {out}");
+        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+        let errors: Vec<&str> = err.lines().filter(|l| l.contains("error")).collect();
+        assert_eq!(errors.len(), 1, "{args:?}: expected one error line, got:\n{err}");
+        assert!(errors[0].contains(needle), "{args:?}: '{needle}' not in:\n{err}");
+    }
+}
+
+#[test]
+fn every_command_has_help_with_an_example() {
+    for cmd in ["sql", "standalone", "demo", "datagen"] {
+        let (code, out, err) = encore(&[cmd, "--help"]).unwrap();
+        assert_eq!(code, 0, "{cmd}: {err}");
+        assert!(out.contains("Example"), "{cmd} --help has no example:\n{out}");
+    }
+    for bin in ["encore-scheduler", "encore-executor"] {
+        let out = std::process::Command::new(encore_tests::bin(bin))
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Example"), "{bin}");
+    }
+}
