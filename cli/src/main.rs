@@ -59,7 +59,12 @@ fn main() {
     };
     if let Err(e) = result {
         // One line, whatever the error chain looks like.
-        let message = format!("{e:#}").replace('\n', " ");
+        let mut message = format!("{e:#}").replace('\n', " ");
+        if message.ends_with("failed: Cancelled") {
+            message.push_str(
+                " (the scheduler cancels queries that lose an executor mid-way; run it again)",
+            );
+        }
         eprintln!("error: {message}");
         std::process::exit(1);
     }

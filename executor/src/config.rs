@@ -14,9 +14,9 @@ use crate::error::{Error, Result};
 #[serde(rename_all = "kebab-case")]
 pub enum SchedulingPolicy {
     /// The scheduler pushes tasks to this executor's gRPC port.
-    #[default]
     PushStaged,
-    /// This executor polls the scheduler for work.
+    /// This executor polls the scheduler for work (Encore's default, see the scheduler's).
+    #[default]
     PullStaged,
 }
 

@@ -58,7 +58,7 @@ struct Args {
     /// Directory for shuffle files and spills [default: a temporary directory].
     #[arg(long, env = "ENCORE_EXECUTOR_WORK_DIR")]
     work_dir: Option<PathBuf>,
-    /// push-staged or pull-staged; must match the scheduler [default: push-staged].
+    /// pull-staged or push-staged; must match the scheduler [default: pull-staged].
     #[arg(long, env = "ENCORE_EXECUTOR_TASK_SCHEDULING_POLICY")]
     task_scheduling_policy: Option<SchedulingPolicy>,
     /// Seconds between heartbeats to the scheduler [default: 15].

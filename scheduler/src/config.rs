@@ -12,13 +12,17 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 /// How tasks reach executors; must match the executors' setting.
+///
+/// Encore defaults to pull: with Ballista 55's push scheduling, a query that
+/// loses an executor can hang forever (the survivors' task slots are not
+/// given back when the lost stage is rolled back).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SchedulingPolicy {
     /// The scheduler pushes tasks to executors' gRPC port (Ballista's default, lower latency).
-    #[default]
     PushStaged,
     /// Executors poll the scheduler for work (Spark-like).
+    #[default]
     PullStaged,
 }
 
@@ -89,6 +93,8 @@ pub struct SchedulerConfig {
     /// Attempts per task before its job fails.
     pub task_max_failures: usize,
     /// Attempts per stage (re-runs after lost shuffle data) before its job fails.
+    /// Encore's default, 1, fails the query with a clear error on lost shuffle
+    /// data: Ballista 55's partial stage re-run can count rows twice.
     pub stage_max_failures: usize,
     /// `/readyz` answers 200 once this many executors are registered.
     pub min_ready_executors: usize,
@@ -107,7 +113,7 @@ impl Default for SchedulerConfig {
             executor_timeout_seconds: 180,
             expire_dead_executor_interval_seconds: 15,
             task_max_failures: 4,
-            stage_max_failures: 4,
+            stage_max_failures: 1,
             min_ready_executors: 1,
             grpc_max_message_bytes: 16 * 1024 * 1024,
         }

@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod error;
+mod guard;
 mod http;
 pub mod metrics;
 mod server;

@@ -33,7 +33,7 @@ struct Args {
     /// Host name advertised to executors and clients [default: the bind host].
     #[arg(long, env = "ENCORE_SCHEDULER_EXTERNAL_HOST")]
     external_host: Option<String>,
-    /// push-staged or pull-staged; must match the executors [default: push-staged].
+    /// pull-staged or push-staged; must match the executors [default: pull-staged].
     #[arg(long, env = "ENCORE_SCHEDULER_POLICY")]
     scheduler_policy: Option<SchedulingPolicy>,
     /// bias (fill one executor first) or round-robin [default: bias].
@@ -48,6 +48,9 @@ struct Args {
     /// Attempts per task before the query fails [default: 4].
     #[arg(long, env = "ENCORE_SCHEDULER_TASK_MAX_FAILURES")]
     task_max_failures: Option<usize>,
+    /// Runs of a stage after lost shuffle data before the query fails [default: 1].
+    #[arg(long, env = "ENCORE_SCHEDULER_STAGE_MAX_FAILURES")]
+    stage_max_failures: Option<usize>,
     /// /readyz is 200 once this many executors registered [default: 1].
     #[arg(long, env = "ENCORE_SCHEDULER_MIN_READY_EXECUTORS")]
     min_ready_executors: Option<usize>,
@@ -72,6 +75,7 @@ impl Args {
             executor_timeout_seconds,
             expire_dead_executor_interval_seconds,
             task_max_failures,
+            stage_max_failures,
             min_ready_executors
         );
         if self.external_host.is_some() {

@@ -25,6 +25,8 @@ pub struct SchedulerMetrics {
     pub jobs_pending: IntGauge,
     /// Ballista jobs running.
     pub jobs_running: IntGauge,
+    /// Queries cancelled because an executor was lost while they ran.
+    pub queries_cancelled_executor_lost: prometheus::IntCounter,
     uptime: prometheus::Gauge,
     grpc_requests: IntCounterVec,
     grpc_duration: HistogramVec,
@@ -52,6 +54,10 @@ impl SchedulerMetrics {
             "encore_scheduler_queries_running",
             "Ballista queries (SQL jobs) running",
         )?;
+        let queries_cancelled_executor_lost = prometheus::IntCounter::new(
+            "encore_scheduler_queries_cancelled_executor_lost_total",
+            "Queries cancelled because an executor was lost while they ran",
+        )?;
         let uptime = prometheus::Gauge::new(
             "encore_scheduler_uptime_seconds",
             "Seconds since the scheduler started",
@@ -75,6 +81,7 @@ impl SchedulerMetrics {
         registry.register(Box::new(executors.clone()))?;
         registry.register(Box::new(jobs_pending.clone()))?;
         registry.register(Box::new(jobs_running.clone()))?;
+        registry.register(Box::new(queries_cancelled_executor_lost.clone()))?;
         registry.register(Box::new(uptime.clone()))?;
         registry.register(Box::new(grpc_requests.clone()))?;
         registry.register(Box::new(grpc_duration.clone()))?;
@@ -84,6 +91,7 @@ impl SchedulerMetrics {
             executors,
             jobs_pending,
             jobs_running,
+            queries_cancelled_executor_lost,
             uptime,
             grpc_requests,
             grpc_duration,
@@ -127,6 +135,7 @@ mod tests {
             "encore_scheduler_queries_pending",
             "encore_scheduler_queries_running",
             "encore_scheduler_uptime_seconds",
+            "encore_scheduler_queries_cancelled_executor_lost_total 0",
             "encore_scheduler_grpc_requests_total{code=\"0\",method=\"PollWork\"} 1",
             "encore_scheduler_grpc_request_duration_seconds_bucket",
         ] {

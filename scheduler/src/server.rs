@@ -120,6 +120,10 @@ pub async fn start_scheduler(config: SchedulerConfig) -> Result<SchedulerHandle>
         ));
 
     let scheduler = Arc::new(scheduler);
+    tokio::spawn(crate::guard::cancel_queries_on_executor_loss(
+        scheduler.clone(),
+        metrics.clone(),
+    ));
     let app = ballista_scheduler::api::get_routes(scheduler.clone())
         .merge(grpc)
         .merge(http::routes(AppState {
