@@ -35,17 +35,8 @@ fn main() {
         1 => "info",
         _ => "debug",
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default_level.into()),
-        )
-        .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_stack_size(32 * 1024 * 1024)
-        .build();
+    encore_common::process::init_logging(default_level);
+    let runtime = encore_common::process::runtime();
     let result = match runtime {
         Ok(rt) => rt.block_on(async {
             match cli.command {

@@ -10,6 +10,25 @@ use datafusion::dataframe::DataFrame;
 use futures::StreamExt;
 use parquet::arrow::ArrowWriter;
 
+/// A spinner on stderr (hidden when stderr is not a terminal), cleared when
+/// dropped, so an error line never lands after a half-drawn spinner.
+pub struct Spinner(indicatif::ProgressBar);
+
+impl Spinner {
+    /// Starts spinning with `message`.
+    pub fn start(message: &'static str) -> Self {
+        let bar = indicatif::ProgressBar::new_spinner().with_message(message);
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        Self(bar)
+    }
+}
+
+impl Drop for Spinner {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
 /// File formats `--out` can write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutFormat {

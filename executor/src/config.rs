@@ -3,44 +3,11 @@
 //! variables over this.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
+pub use encore_common::SchedulingPolicy;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-
-/// How tasks reach this executor; must match the scheduler's setting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SchedulingPolicy {
-    /// The scheduler pushes tasks to this executor's gRPC port.
-    PushStaged,
-    /// This executor polls the scheduler for work (Encore's default, see the scheduler's).
-    #[default]
-    PullStaged,
-}
-
-impl FromStr for SchedulingPolicy {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        match s {
-            "push-staged" => Ok(Self::PushStaged),
-            "pull-staged" => Ok(Self::PullStaged),
-            other => Err(format!(
-                "unknown scheduling policy '{other}' (expected push-staged or pull-staged)"
-            )),
-        }
-    }
-}
-
-impl From<SchedulingPolicy> for ballista_core::config::TaskSchedulingPolicy {
-    fn from(p: SchedulingPolicy) -> Self {
-        match p {
-            SchedulingPolicy::PushStaged => Self::PushStaged,
-            SchedulingPolicy::PullStaged => Self::PullStaged,
-        }
-    }
-}
 
 /// Everything the executor process needs to start.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,25 +65,10 @@ impl Default for ExecutorConfig {
     }
 }
 
-/// The part of an Encore TOML file this crate reads; other sections are ignored.
-#[derive(Deserialize)]
-struct ConfigFile {
-    #[serde(default)]
-    executor: ExecutorConfig,
-}
-
 impl ExecutorConfig {
     /// Reads the `[executor]` section of an Encore TOML file (defaults for missing keys).
     pub fn from_toml_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::ReadConfig {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let file: ConfigFile = toml::from_str(&text).map_err(|e| Error::ParseConfig {
-            path: path.to_path_buf(),
-            source: Box::new(e),
-        })?;
-        Ok(file.executor)
+        Ok(encore_common::config::load_section(path, "executor")?)
     }
 
     /// Points the executor at a scheduler.

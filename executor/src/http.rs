@@ -26,14 +26,7 @@ pub(crate) fn routes(state: AppState) -> Router {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    match state.metrics.encode() {
-        Ok(text) => (
-            [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            text,
-        )
-            .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
-    }
+    encore_common::metrics::response(state.metrics.encode())
 }
 
 /// Ready once the last heartbeat to the scheduler succeeded.

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use encore_common::process;
 use encore_executor::{ExecutorConfig, SchedulingPolicy, start_executor};
 
 /// Encore executor: an Apache Ballista executor with task metrics and health probes.
@@ -112,17 +113,8 @@ fn main() {
 
 fn run() -> anyhow::Result<()> {
     let config = Args::parse().into_config()?;
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_stack_size(32 * 1024 * 1024)
-        .build()
+    process::init_logging("info");
+    process::runtime()
         .context("cannot start the tokio runtime")?
         .block_on(async {
             let mut handle = start_executor(config).await?;

@@ -3,8 +3,7 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 use crate::error::Result;
@@ -89,12 +88,8 @@ impl ExecutorMetrics {
     }
 
     /// Prometheus text format: Encore's metrics, then the process collector's.
-    pub fn encode(&self) -> Result<String> {
-        let mut families = self.registry.gather();
-        families.extend(prometheus::gather());
-        let mut out = Vec::new();
-        TextEncoder::new().encode(&families, &mut out)?;
-        Ok(String::from_utf8_lossy(&out).into_owned())
+    pub fn encode(&self) -> std::result::Result<String, prometheus::Error> {
+        encore_common::metrics::encode(&self.registry)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arrow_flight::flight_service_server::FlightServiceServer;
 use ballista_core::error::BallistaError;
@@ -36,6 +36,8 @@ pub struct ExecutorHandle {
     health: ExecutorHealth,
     executor: Option<JoinHandle<Result<()>>>,
     http_shutdown: Option<oneshot::Sender<()>>,
+    /// The default work dir, deleted with the handle.
+    _work_dir: Option<tempfile::TempDir>,
 }
 
 impl ExecutorHandle {
@@ -103,10 +105,38 @@ async fn bind(host: &str, port: u16) -> Result<TcpListener> {
         .map_err(|source| Error::Bind { addr, source })
 }
 
+/// Waits until the scheduler accepts TCP connections, for at most `seconds`.
+/// (Ballista's own retry loop never ends, so Encore waits here and gives
+/// Ballista a single attempt.)
+async fn wait_for_scheduler(host: &str, port: u16, seconds: u16) -> Result<()> {
+    let addr = format!("{host}:{port}");
+    let deadline = Instant::now() + Duration::from_secs(seconds.into());
+    loop {
+        let attempt = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect(&addr),
+        )
+        .await;
+        if matches!(attempt, Ok(Ok(_))) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::SchedulerUnreachable { addr, seconds });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Starts the executor: binds its ports, registers with the scheduler and
 /// runs tasks until the process is told to stop.
 pub async fn start_executor(config: ExecutorConfig) -> Result<ExecutorHandle> {
     config.validate()?;
+    wait_for_scheduler(
+        &config.scheduler_host,
+        config.scheduler_port,
+        config.scheduler_connect_timeout_seconds,
+    )
+    .await?;
     let metrics = Arc::new(ExecutorMetrics::new()?);
     let slots = config.task_slots();
     metrics.task_slots.set(slots as i64);
@@ -154,6 +184,22 @@ pub async fn start_executor(config: ExecutorConfig) -> Result<ExecutorHandle> {
         })
     };
 
+    // Shuffle files go to the configured folder, or to a temporary one that
+    // lives (and is deleted) with the handle.
+    let temp_work_dir = match &config.work_dir {
+        Some(_) => None,
+        None => Some(
+            tempfile::Builder::new()
+                .prefix("encore-executor-")
+                .tempdir()
+                .map_err(Error::Serve)?,
+        ),
+    };
+    let work_dir = config
+        .work_dir
+        .clone()
+        .or_else(|| temp_work_dir.as_ref().map(|d| d.path().to_path_buf()));
+
     let ballista = ExecutorProcessConfig {
         bind_host: config.bind_host.clone(),
         external_host: Some(config.advertised_host().to_owned()),
@@ -161,13 +207,10 @@ pub async fn start_executor(config: ExecutorConfig) -> Result<ExecutorHandle> {
         grpc_port,
         scheduler_host: config.scheduler_host.clone(),
         scheduler_port: config.scheduler_port,
-        scheduler_connect_timeout_seconds: config.scheduler_connect_timeout_seconds,
+        scheduler_connect_timeout_seconds: 0,
         vcores: slots,
         task_scheduling_policy: config.task_scheduling_policy.into(),
-        work_dir: config
-            .work_dir
-            .as_ref()
-            .map(|p| p.to_string_lossy().into_owned()),
+        work_dir: work_dir.map(|p| p.to_string_lossy().into_owned()),
         executor_heartbeat_interval_seconds: config.executor_heartbeat_interval_seconds,
         grpc_max_decoding_message_size: config.grpc_max_message_bytes,
         grpc_max_encoding_message_size: config.grpc_max_message_bytes,
@@ -219,5 +262,6 @@ pub async fn start_executor(config: ExecutorConfig) -> Result<ExecutorHandle> {
         health,
         executor: Some(executor),
         http_shutdown: Some(http_tx),
+        _work_dir: temp_work_dir,
     })
 }

@@ -7,46 +7,10 @@ use std::path::Path;
 use std::str::FromStr;
 
 use ballista_scheduler::config::TaskDistributionPolicy;
+pub use encore_common::SchedulingPolicy;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-
-/// How tasks reach executors; must match the executors' setting.
-///
-/// Encore defaults to pull: with Ballista 55's push scheduling, a query that
-/// loses an executor can hang forever (the survivors' task slots are not
-/// given back when the lost stage is rolled back).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SchedulingPolicy {
-    /// The scheduler pushes tasks to executors' gRPC port (Ballista's default, lower latency).
-    PushStaged,
-    /// Executors poll the scheduler for work (Spark-like).
-    #[default]
-    PullStaged,
-}
-
-impl FromStr for SchedulingPolicy {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        match s {
-            "push-staged" => Ok(Self::PushStaged),
-            "pull-staged" => Ok(Self::PullStaged),
-            other => Err(format!(
-                "unknown scheduling policy '{other}' (expected push-staged or pull-staged)"
-            )),
-        }
-    }
-}
-
-impl From<SchedulingPolicy> for ballista_core::config::TaskSchedulingPolicy {
-    fn from(p: SchedulingPolicy) -> Self {
-        match p {
-            SchedulingPolicy::PushStaged => Self::PushStaged,
-            SchedulingPolicy::PullStaged => Self::PullStaged,
-        }
-    }
-}
 
 /// How the scheduler spreads a stage's tasks over executors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -120,25 +84,10 @@ impl Default for SchedulerConfig {
     }
 }
 
-/// The part of an Encore TOML file this crate reads; other sections are ignored.
-#[derive(Deserialize)]
-struct ConfigFile {
-    #[serde(default)]
-    scheduler: SchedulerConfig,
-}
-
 impl SchedulerConfig {
     /// Reads the `[scheduler]` section of an Encore TOML file (defaults for missing keys).
     pub fn from_toml_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::ReadConfig {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let file: ConfigFile = toml::from_str(&text).map_err(|e| Error::ParseConfig {
-            path: path.to_path_buf(),
-            source: Box::new(e),
-        })?;
-        Ok(file.scheduler)
+        Ok(encore_common::config::load_section(path, "scheduler")?)
     }
 
     /// Sets the port (0 for any free port).

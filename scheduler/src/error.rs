@@ -1,7 +1,5 @@
 //! Errors of the scheduler crate.
 
-use std::path::PathBuf;
-
 /// Result with the scheduler's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -11,22 +9,9 @@ pub enum Error {
     /// A configuration value is out of range or inconsistent.
     #[error("invalid scheduler configuration: {0}")]
     InvalidConfig(String),
-    /// The TOML configuration file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    ReadConfig {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The TOML configuration file is malformed.
-    #[error("cannot parse config file {path}: {source}")]
-    ParseConfig {
-        /// The file.
-        path: PathBuf,
-        /// Why (boxed: toml errors are large).
-        source: Box<toml::de::Error>,
-    },
+    /// The TOML configuration file is unreadable or malformed.
+    #[error(transparent)]
+    ConfigFile(#[from] encore_common::config::ConfigFileError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {

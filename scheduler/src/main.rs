@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use encore_common::process;
 use encore_scheduler::{SchedulerConfig, SchedulingPolicy, TaskDistribution, start_scheduler};
 
 /// Encore scheduler: an Apache Ballista scheduler with Prometheus metrics and health probes.
@@ -95,18 +96,8 @@ fn main() {
 
 fn run() -> anyhow::Result<()> {
     let config = Args::parse().into_config()?;
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        // Ballista's planner recurses deeply on large plans.
-        .thread_stack_size(32 * 1024 * 1024)
-        .build()
+    process::init_logging("info");
+    process::runtime()
         .context("cannot start the tokio runtime")?
         .block_on(async {
             let mut handle = start_scheduler(config).await?;
@@ -114,7 +105,7 @@ fn run() -> anyhow::Result<()> {
             println!("encore-scheduler listening on {}", handle.url());
             tokio::select! {
                 r = handle.wait() => r?,
-                _ = shutdown_signal() => {
+                _ = process::shutdown_signal() => {
                     tracing::info!("shutting down");
                     handle.shutdown().await?;
                 }
@@ -123,18 +114,3 @@ fn run() -> anyhow::Result<()> {
         })
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("installing a SIGTERM handler cannot fail on unix");
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-}

@@ -9,8 +9,7 @@
 use std::time::{Duration, Instant};
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 use crate::error::Result;
@@ -109,13 +108,9 @@ impl SchedulerMetrics {
     }
 
     /// Prometheus text format: Encore's metrics, then Ballista's and the process'.
-    pub fn encode(&self) -> Result<String> {
+    pub fn encode(&self) -> std::result::Result<String, prometheus::Error> {
         self.uptime.set(self.started.elapsed().as_secs_f64());
-        let mut families = self.registry.gather();
-        families.extend(prometheus::gather());
-        let mut out = Vec::new();
-        TextEncoder::new().encode(&families, &mut out)?;
-        Ok(String::from_utf8_lossy(&out).into_owned())
+        encore_common::metrics::encode(&self.registry)
     }
 }
 

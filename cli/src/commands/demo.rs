@@ -103,8 +103,9 @@ async fn run_queries(local: &LocalCluster, data: &std::path::Path) -> anyhow::Re
     }
     for (title, sql) in QUERIES {
         println!("\n{title}");
+        let spinner = output::Spinner::start("running query");
         let df = ctx.sql(sql).await.with_context(|| format!("planning '{title}'"))?;
-        output::print_after(df, || {}).await?;
+        output::print_after(df, || drop(spinner)).await?;
     }
     Ok(())
 }

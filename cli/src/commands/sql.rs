@@ -43,38 +43,37 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         // Fail before any work is done.
         output::OutFormat::from_path(out)?;
     }
-    let local = match &args.scheduler {
-        Some(_) => None,
-        None => Some(LocalCluster::ephemeral(args.concurrent_tasks).await?),
+    let (local, url) = match &args.scheduler {
+        Some(url) => (None, url.clone()),
+        None => {
+            let local = LocalCluster::ephemeral(args.concurrent_tasks).await?;
+            let url = local.scheduler.url();
+            (Some(local), url)
+        }
     };
-    let url = match (&args.scheduler, &local) {
-        (Some(url), _) => url.clone(),
-        (None, Some(local)) => local.scheduler.url(),
-        (None, None) => unreachable!("a local cluster runs when no scheduler is given"),
-    };
-    let ctx = cluster::connect(&url).await?;
-    for table in &args.tables {
-        tables::register(&ctx, table).await?;
-    }
-    let spinner = indicatif::ProgressBar::new_spinner().with_message("running query");
-    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-    let df = ctx.sql(&args.sql).await;
-    let result = match df {
-        Ok(df) => match &args.out {
-            Some(out) => output::write(df, out).await.map(|rows| {
-                spinner.finish_and_clear();
-                println!("wrote {rows} rows to {}", out.display());
-            }),
-            None => {
-                let rows = output::print_after(df, || spinner.finish_and_clear()).await;
-                rows.map(|_| ())
-            }
-        },
-        Err(e) => Err(e.into()),
-    };
-    spinner.finish_and_clear();
+    let result = query(&args, &url).await;
     if let Some(local) = local {
         local.shutdown().await.context("stopping the in-process cluster")?;
     }
     result
+}
+
+async fn query(args: &Args, url: &str) -> anyhow::Result<()> {
+    let ctx = cluster::connect(url).await?;
+    for table in &args.tables {
+        tables::register(&ctx, table).await?;
+    }
+    let spinner = output::Spinner::start("running query");
+    let df = ctx.sql(&args.sql).await?;
+    match &args.out {
+        Some(out) => {
+            let rows = output::write(df, out).await?;
+            drop(spinner);
+            println!("wrote {rows} rows to {}", out.display());
+        }
+        None => {
+            output::print_after(df, || drop(spinner)).await?;
+        }
+    }
+    Ok(())
 }

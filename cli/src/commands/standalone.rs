@@ -59,7 +59,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // Only the scheduler's port is public; the executor's are internal.
     let cluster = LocalCluster::start(scheduler, executor.with_free_ports()).await?;
     print_addresses(&cluster);
-    shutdown_signal().await;
+    encore_common::process::shutdown_signal().await;
     eprintln!("shutting down");
     cluster.shutdown().await
 }
@@ -68,7 +68,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 pub fn print_addresses(cluster: &LocalCluster) {
     let s = &cluster.scheduler;
     let e = &cluster.executor;
-    println!("encore standalone is running");
+    // The first line carries the URL, for scripts and tests.
+    println!("encore standalone running, scheduler at {}", s.url());
     println!("  scheduler   {}   (Ballista gRPC; SQL clients connect here)", s.url());
     println!("  http        {}/metrics  /healthz  /readyz  /api/jobs", s.http_url());
     println!(
@@ -79,22 +80,3 @@ pub fn print_addresses(cluster: &LocalCluster) {
     );
 }
 
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {},
-                    _ = term.recv() => {},
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-}

@@ -141,3 +141,74 @@ fn every_command_has_help_with_an_example() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("Example"), "{bin}");
     }
 }
+
+#[test]
+fn standalone_serves_sql_and_stops_on_sigterm() {
+    let (mut process, line) = encore_tests::Process::spawn(
+        "standalone",
+        &encore_tests::bin("encore"),
+        &["standalone".into(), "--bind-port".into(), "0".into()],
+    )
+    .unwrap();
+    let url = line
+        .split_whitespace()
+        .last()
+        .filter(|u| u.starts_with("df://"))
+        .unwrap_or_else(|| panic!("no scheduler URL in '{line}'"))
+        .to_owned();
+    let plays = table("plays");
+    let (code, out, err) = encore(&[
+        "sql", "--scheduler", &url, "--table", &plays,
+        "SELECT count(DISTINCT user_id) > 0 AS some_users FROM plays",
+    ])
+    .unwrap();
+    assert_eq!(code, 0, "stderr: {err}");
+    assert!(out.contains("true"), "{out}");
+    let status = process.terminate(std::time::Duration::from_secs(20)).unwrap();
+    assert!(status.success(), "standalone exited with {status}");
+}
+
+#[test]
+fn demo_generates_data_and_queries_it() {
+    let (_dir, data) = temp_path("demo");
+    let data_arg = data.display().to_string();
+    let args = ["demo", "--users", "300", "--days", "3", "--data", &data_arg];
+    let (code, out, err) = encore(&args).unwrap();
+    assert_eq!(code, 0, "stderr: {err}");
+    assert!(out.contains("generated 300 users"), "{out}");
+    assert!(out.contains("Listening by genre") && out.contains("8 rows"), "{out}");
+    // The second run reuses the data.
+    let (code, out, err) = encore(&args).unwrap();
+    assert_eq!(code, 0, "stderr: {err}");
+    assert!(out.contains("using data in"), "{out}");
+}
+
+/// The server binaries refuse bad settings with one clear line and exit non-zero.
+#[test]
+fn servers_reject_bad_settings_and_unreachable_schedulers() {
+    let run = |bin: &str, args: &[&str]| {
+        let out = std::process::Command::new(encore_tests::bin(bin))
+            .args(args)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = run("encore-scheduler", &["--bind-host", "not-a-host", "--bind-port", "0"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("bind_host 'not-a-host'"), "{err}");
+    let (code, err) = run(
+        "encore-scheduler",
+        &["--bind-port", "0", "--executor-timeout-seconds", "5", "--expire-dead-executor-interval-seconds", "10"],
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("executor_timeout_seconds (5)"), "{err}");
+    let (code, err) = run(
+        "encore-executor",
+        &[
+            "--scheduler-port", "1", "--scheduler-connect-timeout-seconds", "1",
+            "--bind-port", "0", "--bind-grpc-port", "0", "--bind-health-port", "0",
+        ],
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("127.0.0.1:1"), "executor error does not name the scheduler: {err}");
+}
