@@ -25,7 +25,10 @@ pub struct LocalCluster {
 
 impl LocalCluster {
     /// Starts both and waits until the executor has registered.
-    pub async fn start(scheduler: SchedulerConfig, executor: ExecutorConfig) -> anyhow::Result<Self> {
+    pub async fn start(
+        scheduler: SchedulerConfig,
+        executor: ExecutorConfig,
+    ) -> anyhow::Result<Self> {
         let scheduler = start_scheduler(scheduler)
             .await
             .context("starting the scheduler")?;

@@ -41,7 +41,11 @@ pub enum OutFormat {
 impl OutFormat {
     /// The format named by `path`'s extension.
     pub fn from_path(path: &Path) -> anyhow::Result<Self> {
-        match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase) {
+        match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+        {
             Some(e) if e == "parquet" => Ok(Self::Parquet),
             Some(e) if e == "csv" => Ok(Self::Csv),
             _ => bail!(
@@ -73,7 +77,11 @@ pub async fn write(df: DataFrame, path: &Path) -> anyhow::Result<usize> {
         _ => PathBuf::from("."),
     };
     if !dir.is_dir() {
-        bail!("--out {}: folder {} does not exist", path.display(), dir.display());
+        bail!(
+            "--out {}: folder {} does not exist",
+            path.display(),
+            dir.display()
+        );
     }
     let tmp = tempfile::Builder::new()
         .prefix(".encore-out-")

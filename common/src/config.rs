@@ -66,7 +66,13 @@ mod tests {
         let path = dir.path().join("encore.toml");
         std::fs::write(&path, "[a]\nport = 7\n[b]\nwhatever = true\n").unwrap();
         let a: Section = load_section(&path, "a").unwrap();
-        assert_eq!(a, Section { port: 7, name: String::new() });
+        assert_eq!(
+            a,
+            Section {
+                port: 7,
+                name: String::new()
+            }
+        );
         let c: Section = load_section(&path, "c").unwrap();
         assert_eq!(c, Section::default());
     }

@@ -165,7 +165,12 @@ mod tests {
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("memory_pool_size_bytes"), "{err}");
         let c = ExecutorConfig::default().with_scheduler("", 1);
-        assert!(c.validate().unwrap_err().to_string().contains("scheduler_host"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("scheduler_host")
+        );
         assert!(ExecutorConfig::default().validate().is_ok());
     }
 }

@@ -145,8 +145,10 @@ pub async fn start_executor(config: ExecutorConfig) -> Result<ExecutorHandle> {
     // the scheduler learns the real port.
     let flight = bind(&config.bind_host, config.bind_port).await?;
     let flight_addr = flight.local_addr().map_err(Error::Serve)?;
-    // Ballista binds the push-staged gRPC port itself: for 0, find a free one.
-    let grpc_port = if config.bind_grpc_port == 0 {
+    // With push scheduling Ballista binds the task gRPC port itself: for 0,
+    // find a free one. (Pull scheduling does not use it.)
+    let push = config.task_scheduling_policy == crate::SchedulingPolicy::PushStaged;
+    let grpc_port = if push && config.bind_grpc_port == 0 {
         let probe = bind(&config.bind_host, 0).await?;
         probe.local_addr().map_err(Error::Serve)?.port()
     } else {

@@ -25,11 +25,25 @@ use crate::schema;
 
 /// Genres of the generated catalogue.
 pub const GENRES: [&str; 8] = [
-    "pop", "rock", "hiphop", "electronic", "jazz", "classical", "kpop", "latin",
+    "pop",
+    "rock",
+    "hiphop",
+    "electronic",
+    "jazz",
+    "classical",
+    "kpop",
+    "latin",
 ];
 const DEVICES: [&str; 4] = ["mobile", "desktop", "web", "speaker"];
 const REGIONS: [&str; 5] = ["north", "south", "east", "west", "central"];
-const CITIES: [&str; 6] = ["taipei", "kaohsiung", "taichung", "tainan", "hsinchu", "keelung"];
+const CITIES: [&str; 6] = [
+    "taipei",
+    "kaohsiung",
+    "taichung",
+    "tainan",
+    "hsinchu",
+    "keelung",
+];
 const MS_PER_DAY: i64 = 86_400_000;
 
 /// What to generate.
@@ -185,9 +199,17 @@ pub fn generate(
 
     let mut rng = Rng::new(spec.seed, 3);
     summary.users = users.len() as u64;
-    write_parquet(&out.join("users"), "users.parquet", users_batch(&users, start_ms, &mut rng)?)?;
+    write_parquet(
+        &out.join("users"),
+        "users.parquet",
+        users_batch(&users, start_ms, &mut rng)?,
+    )?;
     summary.items = items.len() as u64;
-    write_parquet(&out.join("items"), "items.parquet", items_batch(&items, spec, &mut rng)?)?;
+    write_parquet(
+        &out.join("items"),
+        "items.parquet",
+        items_batch(&items, spec, &mut rng)?,
+    )?;
     summary.files += 2;
 
     for day in 0..spec.days {
@@ -238,7 +260,8 @@ pub fn generate(
         let date = spec.start + Days::new(day as u64);
         summary.plays += cols.user_id.len() as u64;
         write_parquet(
-            &out.join("plays").join(format!("day={}", date.format("%Y-%m-%d"))),
+            &out.join("plays")
+                .join(format!("day={}", date.format("%Y-%m-%d"))),
             "part-00000.parquet",
             cols.finish()?,
         )?;
@@ -261,7 +284,15 @@ struct PlayColumns {
 }
 
 impl PlayColumns {
-    fn push(&mut self, user: &User, item: &Item, ts: i64, played: i32, source: usize, device: usize) {
+    fn push(
+        &mut self,
+        user: &User,
+        item: &Item,
+        ts: i64,
+        played: i32,
+        source: usize,
+        device: usize,
+    ) {
         self.user_id.push(user.id);
         self.item_id.push(item.id);
         self.ts.push(ts);
@@ -292,7 +323,10 @@ fn users_batch(users: &[User], start_ms: i64, rng: &mut Rng) -> Result<RecordBat
         .iter()
         .map(|_| start_ms - (1 + rng.below(3 * 365)) as i64 * MS_PER_DAY)
         .collect();
-    let city: Vec<&str> = users.iter().map(|_| CITIES[rng.below(CITIES.len())]).collect();
+    let city: Vec<&str> = users
+        .iter()
+        .map(|_| CITIES[rng.below(CITIES.len())])
+        .collect();
     let birth: Vec<i32> = users.iter().map(|_| 1960 + rng.below(50) as i32).collect();
     let gender: Vec<Option<&str>> = users
         .iter()
@@ -335,7 +369,9 @@ fn items_batch(items: &[Item], spec: &DataSpec, rng: &mut Rng) -> Result<RecordB
                 items.iter().map(|i| GENRES[i.genre]),
             )),
             Arc::new(StringArray::from_iter_values(
-                items.iter().map(|i| ["zh", "en", "ko", "es", "ja"][i.genre % 5]),
+                items
+                    .iter()
+                    .map(|i| ["zh", "en", "ko", "es", "ja"][i.genre % 5]),
             )),
             Arc::new(Int32Array::from_iter_values(items.iter().map(|i| i.secs))),
             Arc::new(Date32Array::from_iter_values(
@@ -400,7 +436,10 @@ mod tests {
     #[test]
     fn rejects_empty_specs_and_reports_progress() {
         let dir = tempfile::tempdir().unwrap();
-        let bad = DataSpec { users: 0, ..small() };
+        let bad = DataSpec {
+            users: 0,
+            ..small()
+        };
         assert!(matches!(
             generate(&bad, dir.path(), |_, _| {}),
             Err(Error::InvalidSpec(_))

@@ -133,7 +133,11 @@ pub async fn register(ctx: &SessionContext, source: &TableSource) -> Result<()> 
         let url = format!("{}/", abs.display());
         (Format::from_path(&sample), sample, url)
     } else {
-        (Format::from_path(&abs), abs.clone(), abs.display().to_string())
+        (
+            Format::from_path(&abs),
+            abs.clone(),
+            abs.display().to_string(),
+        )
     };
     let format = format.ok_or_else(|| Error::UnknownFormat {
         table: name.clone(),
@@ -183,16 +187,26 @@ mod tests {
         let csv = dir.path().join("a.csv");
         std::fs::write(&csv, "user_id,plays\n1,10\n2,20\n").unwrap();
         let json = dir.path().join("b.ndjson");
-        std::fs::write(&json, "{\"user_id\":1,\"x\":1.5}\n{\"user_id\":3,\"x\":2.5}\n").unwrap();
+        std::fs::write(
+            &json,
+            "{\"user_id\":1,\"x\":1.5}\n{\"user_id\":3,\"x\":2.5}\n",
+        )
+        .unwrap();
         let part = dir.path().join("events/day=2026-01-02");
         std::fs::create_dir_all(&part).unwrap();
         std::fs::write(part.join("p.csv"), "user_id\n7\n8\n").unwrap();
 
         let ctx = SessionContext::new();
         for (name, path) in [("a", &csv), ("b", &json)] {
-            register(&ctx, &TableSource { name: name.into(), path: path.clone() })
-                .await
-                .unwrap();
+            register(
+                &ctx,
+                &TableSource {
+                    name: name.into(),
+                    path: path.clone(),
+                },
+            )
+            .await
+            .unwrap();
         }
         register(
             &ctx,
@@ -222,18 +236,33 @@ mod tests {
             path: dir.path().join("nope.parquet"),
         };
         let err = register(&ctx, &missing).await.unwrap_err().to_string();
-        assert!(err.contains("table 't'") && err.contains("nope.parquet"), "{err}");
+        assert!(
+            err.contains("table 't'") && err.contains("nope.parquet"),
+            "{err}"
+        );
 
         let txt = dir.path().join("x.txt");
         std::fs::write(&txt, "hi").unwrap();
-        let err = register(&ctx, &TableSource { name: "t".into(), path: txt })
-            .await
-            .unwrap_err();
+        let err = register(
+            &ctx,
+            &TableSource {
+                name: "t".into(),
+                path: txt,
+            },
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, Error::UnknownFormat { .. }), "{err}");
 
-        let err = register(&ctx, &TableSource { name: "t".into(), path: dir.path().into() })
-            .await
-            .unwrap_err();
+        let err = register(
+            &ctx,
+            &TableSource {
+                name: "t".into(),
+                path: dir.path().into(),
+            },
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, Error::NoDataFiles { .. }), "{err}");
     }
 }

@@ -95,12 +95,30 @@ mod tests {
 
     fn batch() -> RecordBatch {
         RecordBatch::try_from_iter(vec![
-            ("user_id", Arc::new(Int64Array::from(vec![10, 11, 12])) as ArrayRef),
-            ("plays", Arc::new(Int32Array::from(vec![1, 2, 3])) as ArrayRef),
-            ("secs", Arc::new(Float64Array::from(vec![0.5, 1.5, 2.5])) as ArrayRef),
-            ("fav", Arc::new(BooleanArray::from(vec![true, false, true])) as ArrayRef),
-            ("city", Arc::new(StringArray::from(vec!["a", "b", "c"])) as ArrayRef),
-            ("gap", Arc::new(Int32Array::from(vec![Some(1), None, Some(3)])) as ArrayRef),
+            (
+                "user_id",
+                Arc::new(Int64Array::from(vec![10, 11, 12])) as ArrayRef,
+            ),
+            (
+                "plays",
+                Arc::new(Int32Array::from(vec![1, 2, 3])) as ArrayRef,
+            ),
+            (
+                "secs",
+                Arc::new(Float64Array::from(vec![0.5, 1.5, 2.5])) as ArrayRef,
+            ),
+            (
+                "fav",
+                Arc::new(BooleanArray::from(vec![true, false, true])) as ArrayRef,
+            ),
+            (
+                "city",
+                Arc::new(StringArray::from(vec!["a", "b", "c"])) as ArrayRef,
+            ),
+            (
+                "gap",
+                Arc::new(Int32Array::from(vec![Some(1), None, Some(3)])) as ArrayRef,
+            ),
         ])
         .unwrap()
     }
@@ -125,7 +143,9 @@ mod tests {
         assert!(e.contains("'nope'"), "{e}");
         let e = features_to_tensor(&b, &["city"]).unwrap_err().to_string();
         assert!(e.contains("'city'") && e.contains("Utf8"), "{e}");
-        let e = features_to_tensor(&b, &["plays", "gap"]).unwrap_err().to_string();
+        let e = features_to_tensor(&b, &["plays", "gap"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("'gap'") && e.contains("row 1"), "{e}");
     }
 

@@ -191,7 +191,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, "[scheduler]\nbind_prot = 1\n").unwrap();
-        let err = SchedulerConfig::from_toml_file(&path).unwrap_err().to_string();
+        let err = SchedulerConfig::from_toml_file(&path)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bind_prot"), "{err}");
     }
 
@@ -207,5 +209,4 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("bind_host"));
         assert!(SchedulerConfig::default().validate().is_ok());
     }
-
 }

@@ -22,7 +22,12 @@ pub(crate) async fn cancel_queries_on_executor_loss(
     scheduler: Arc<Ballista>,
     metrics: Arc<SchedulerMetrics>,
 ) {
-    let mut events = match scheduler.state.executor_manager.cluster_state_events().await {
+    let mut events = match scheduler
+        .state
+        .executor_manager
+        .cluster_state_events()
+        .await
+    {
         Ok(events) => events,
         Err(e) => {
             warn!(error = %e, "cannot watch executors; lost executors will not cancel queries");

@@ -43,8 +43,14 @@ async fn refresh_gauges(state: &AppState) {
     if let Ok(executors) = s.state.executor_manager.get_executors_state().await {
         state.metrics.executors.set(executors.len() as i64);
     }
-    state.metrics.jobs_pending.set(s.pending_job_number() as i64);
-    state.metrics.jobs_running.set(s.running_job_number() as i64);
+    state
+        .metrics
+        .jobs_pending
+        .set(s.pending_job_number() as i64);
+    state
+        .metrics
+        .jobs_running
+        .set(s.running_job_number() as i64);
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {

@@ -113,4 +113,3 @@ fn run() -> anyhow::Result<()> {
             Ok(())
         })
 }
-

@@ -99,9 +99,7 @@ impl SchedulerMetrics {
 
     /// Records one gRPC call; `method` is the RPC name (a bounded set).
     pub fn observe_grpc(&self, method: &str, code: &str, elapsed: Duration) {
-        self.grpc_requests
-            .with_label_values(&[method, code])
-            .inc();
+        self.grpc_requests.with_label_values(&[method, code]).inc();
         self.grpc_duration
             .with_label_values(&[method])
             .observe(elapsed.as_secs_f64());

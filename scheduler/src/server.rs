@@ -126,10 +126,7 @@ pub async fn start_scheduler(config: SchedulerConfig) -> Result<SchedulerHandle>
     ));
     let app = ballista_scheduler::api::get_routes(scheduler.clone())
         .merge(grpc)
-        .merge(http::routes(AppState {
-            scheduler,
-            metrics,
-        }));
+        .merge(http::routes(AppState { scheduler, metrics }));
 
     let advertised = format!("{}:{}", config.advertised_host(), addr.port());
     info!(%addr, url = %format!("df://{advertised}"), "encore scheduler listening");

@@ -42,7 +42,9 @@ const QUERIES: [(&str, &str); 3] = [
 /// data is already there), starts a scheduler and an executor in this
 /// process, and runs feature-style SQL on them.
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Examples:\n  encore demo\n  encore demo --users 20000 --days 60 --data /tmp/encore-demo")]
+#[command(
+    after_help = "Examples:\n  encore demo\n  encore demo --users 20000 --days 60 --data /tmp/encore-demo"
+)]
 pub struct Args {
     /// Folder for the generated data.
     #[arg(long, default_value = "demo-data")]
@@ -104,7 +106,10 @@ async fn run_queries(local: &LocalCluster, data: &std::path::Path) -> anyhow::Re
     for (title, sql) in QUERIES {
         println!("\n{title}");
         let spinner = output::Spinner::start("running query");
-        let df = ctx.sql(sql).await.with_context(|| format!("planning '{title}'"))?;
+        let df = ctx
+            .sql(sql)
+            .await
+            .with_context(|| format!("planning '{title}'"))?;
         output::print_after(df, || drop(spinner)).await?;
     }
     Ok(())

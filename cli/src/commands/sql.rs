@@ -53,7 +53,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let result = query(&args, &url).await;
     if let Some(local) = local {
-        local.shutdown().await.context("stopping the in-process cluster")?;
+        local
+            .shutdown()
+            .await
+            .context("stopping the in-process cluster")?;
     }
     result
 }

@@ -70,8 +70,14 @@ pub fn print_addresses(cluster: &LocalCluster) {
     let e = &cluster.executor;
     // The first line carries the URL, for scripts and tests.
     println!("encore standalone running, scheduler at {}", s.url());
-    println!("  scheduler   {}   (Ballista gRPC; SQL clients connect here)", s.url());
-    println!("  http        {}/metrics  /healthz  /readyz  /api/jobs", s.http_url());
+    println!(
+        "  scheduler   {}   (Ballista gRPC; SQL clients connect here)",
+        s.url()
+    );
+    println!(
+        "  http        {}/metrics  /healthz  /readyz  /api/jobs",
+        s.http_url()
+    );
     println!(
         "  executor    {}   flight {}  metrics {}/metrics",
         e.executor_id(),
@@ -79,4 +85,3 @@ pub fn print_addresses(cluster: &LocalCluster) {
         e.http_url()
     );
 }
-

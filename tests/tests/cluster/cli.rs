@@ -17,8 +17,7 @@ fn sql_on_a_remote_cluster_prints_and_writes_results() {
 
     let sql = "SELECT source, count(*) AS plays FROM plays GROUP BY source ORDER BY source";
     let plays = table("plays");
-    let (code, out, err) =
-        encore(&["sql", "--scheduler", &url, "--table", &plays, sql]).unwrap();
+    let (code, out, err) = encore(&["sql", "--scheduler", &url, "--table", &plays, sql]).unwrap();
     assert_eq!(code, 0, "stderr: {err}");
     for source in ["playlist", "radio", "recommendation", "search", "other"] {
         assert!(out.contains(source), "{out}");
@@ -29,7 +28,14 @@ fn sql_on_a_remote_cluster_prints_and_writes_results() {
     let (_dir, csv) = temp_path("by_source.csv");
     let csv_arg = csv.display().to_string();
     let (code, out, err) = encore(&[
-        "sql", "--scheduler", &url, "--table", &plays, sql, "--out", &csv_arg,
+        "sql",
+        "--scheduler",
+        &url,
+        "--table",
+        &plays,
+        sql,
+        "--out",
+        &csv_arg,
     ])
     .unwrap();
     assert_eq!(code, 0, "stderr: {err}");
@@ -47,18 +53,35 @@ fn sql_on_a_remote_cluster_prints_and_writes_results() {
     let (_dir, parquet) = temp_path("by_source.parquet");
     let parquet_arg = parquet.display().to_string();
     let (code, _, err) = encore(&[
-        "sql", "--scheduler", &url, "--table", &plays, sql, "--out", &parquet_arg,
+        "sql",
+        "--scheduler",
+        &url,
+        "--table",
+        &plays,
+        sql,
+        "--out",
+        &parquet_arg,
     ])
     .unwrap();
     assert_eq!(code, 0, "stderr: {err}");
     let back = format!("t={parquet_arg}");
     let (code, out, err) = encore(&[
-        "sql", "--scheduler", &url, "--table", &back, "SELECT sum(plays) AS total FROM t",
+        "sql",
+        "--scheduler",
+        &url,
+        "--table",
+        &back,
+        "SELECT sum(plays) AS total FROM t",
     ])
     .unwrap();
     assert_eq!(code, 0, "stderr: {err}");
     let (_, direct, _) = encore(&[
-        "sql", "--scheduler", &url, "--table", &plays, "SELECT count(*) AS total FROM plays",
+        "sql",
+        "--scheduler",
+        &url,
+        "--table",
+        &plays,
+        "SELECT count(*) AS total FROM plays",
     ])
     .unwrap();
     let total = |s: &str| s.lines().nth(3).map(str::to_owned);
@@ -95,11 +118,23 @@ fn bad_input_gives_one_clear_error_line() {
             "invalid scheduler URL",
         ),
         (
-            vec!["sql", "--standalone", "--table", &plays, "SELEC count(*) FROM plays"],
+            vec![
+                "sql",
+                "--standalone",
+                "--table",
+                &plays,
+                "SELEC count(*) FROM plays",
+            ],
             "SELEC",
         ),
         (
-            vec!["sql", "--standalone", "--table", &missing, "SELECT * FROM t"],
+            vec![
+                "sql",
+                "--standalone",
+                "--table",
+                &missing,
+                "SELECT * FROM t",
+            ],
             "nope.parquet does not exist",
         ),
         (
@@ -120,8 +155,15 @@ fn bad_input_gives_one_clear_error_line() {
         assert_ne!(code, 0, "{args:?} succeeded: {out}");
         assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
         let errors: Vec<&str> = err.lines().filter(|l| l.contains("error")).collect();
-        assert_eq!(errors.len(), 1, "{args:?}: expected one error line, got:\n{err}");
-        assert!(errors[0].contains(needle), "{args:?}: '{needle}' not in:\n{err}");
+        assert_eq!(
+            errors.len(),
+            1,
+            "{args:?}: expected one error line, got:\n{err}"
+        );
+        assert!(
+            errors[0].contains(needle),
+            "{args:?}: '{needle}' not in:\n{err}"
+        );
     }
 }
 
@@ -130,7 +172,10 @@ fn every_command_has_help_with_an_example() {
     for cmd in ["sql", "standalone", "demo", "datagen"] {
         let (code, out, err) = encore(&[cmd, "--help"]).unwrap();
         assert_eq!(code, 0, "{cmd}: {err}");
-        assert!(out.contains("Example"), "{cmd} --help has no example:\n{out}");
+        assert!(
+            out.contains("Example"),
+            "{cmd} --help has no example:\n{out}"
+        );
     }
     for bin in ["encore-scheduler", "encore-executor"] {
         let out = std::process::Command::new(encore_tests::bin(bin))
@@ -138,7 +183,10 @@ fn every_command_has_help_with_an_example() {
             .output()
             .unwrap();
         assert!(out.status.success());
-        assert!(String::from_utf8_lossy(&out.stdout).contains("Example"), "{bin}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Example"),
+            "{bin}"
+        );
     }
 }
 
@@ -158,13 +206,19 @@ fn standalone_serves_sql_and_stops_on_sigterm() {
         .to_owned();
     let plays = table("plays");
     let (code, out, err) = encore(&[
-        "sql", "--scheduler", &url, "--table", &plays,
+        "sql",
+        "--scheduler",
+        &url,
+        "--table",
+        &plays,
         "SELECT count(DISTINCT user_id) > 0 AS some_users FROM plays",
     ])
     .unwrap();
     assert_eq!(code, 0, "stderr: {err}");
     assert!(out.contains("true"), "{out}");
-    let status = process.terminate(std::time::Duration::from_secs(20)).unwrap();
+    let status = process
+        .terminate(std::time::Duration::from_secs(20))
+        .unwrap();
     assert!(status.success(), "standalone exited with {status}");
 }
 
@@ -176,7 +230,10 @@ fn demo_generates_data_and_queries_it() {
     let (code, out, err) = encore(&args).unwrap();
     assert_eq!(code, 0, "stderr: {err}");
     assert!(out.contains("generated 300 users"), "{out}");
-    assert!(out.contains("Listening by genre") && out.contains("8 rows"), "{out}");
+    assert!(
+        out.contains("Listening by genre") && out.contains("8 rows"),
+        "{out}"
+    );
     // The second run reuses the data.
     let (code, out, err) = encore(&args).unwrap();
     assert_eq!(code, 0, "stderr: {err}");
@@ -191,24 +248,48 @@ fn servers_reject_bad_settings_and_unreachable_schedulers() {
             .args(args)
             .output()
             .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
-    let (code, err) = run("encore-scheduler", &["--bind-host", "not-a-host", "--bind-port", "0"]);
+    let (code, err) = run(
+        "encore-scheduler",
+        &["--bind-host", "not-a-host", "--bind-port", "0"],
+    );
     assert_eq!(code, Some(1));
     assert!(err.contains("bind_host 'not-a-host'"), "{err}");
     let (code, err) = run(
         "encore-scheduler",
-        &["--bind-port", "0", "--executor-timeout-seconds", "5", "--expire-dead-executor-interval-seconds", "10"],
+        &[
+            "--bind-port",
+            "0",
+            "--executor-timeout-seconds",
+            "5",
+            "--expire-dead-executor-interval-seconds",
+            "10",
+        ],
     );
     assert_eq!(code, Some(1));
     assert!(err.contains("executor_timeout_seconds (5)"), "{err}");
     let (code, err) = run(
         "encore-executor",
         &[
-            "--scheduler-port", "1", "--scheduler-connect-timeout-seconds", "1",
-            "--bind-port", "0", "--bind-grpc-port", "0", "--bind-health-port", "0",
+            "--scheduler-port",
+            "1",
+            "--scheduler-connect-timeout-seconds",
+            "1",
+            "--bind-port",
+            "0",
+            "--bind-grpc-port",
+            "0",
+            "--bind-health-port",
+            "0",
         ],
     );
     assert_eq!(code, Some(1));
-    assert!(err.contains("127.0.0.1:1"), "executor error does not name the scheduler: {err}");
+    assert!(
+        err.contains("127.0.0.1:1"),
+        "executor error does not name the scheduler: {err}"
+    );
 }

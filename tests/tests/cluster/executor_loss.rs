@@ -35,9 +35,11 @@ async fn try_run(ctx: &SessionContext, sql: &str) -> Result<String, String> {
         .collect()
         .await
         .map_err(|e| e.to_string())?;
-    Ok(datafusion::arrow::util::pretty::pretty_format_batches(&batches)
-        .map_err(|e| e.to_string())?
-        .to_string())
+    Ok(
+        datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+            .map_err(|e| e.to_string())?
+            .to_string(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,7 +55,12 @@ async fn executor_killed_mid_query_fails_clearly_and_the_rerun_is_right() {
         "round-robin",
     ])
     .unwrap();
-    let fast = ["--concurrent-tasks", "1", "--executor-heartbeat-interval-seconds", "1"];
+    let fast = [
+        "--concurrent-tasks",
+        "1",
+        "--executor-heartbeat-interval-seconds",
+        "1",
+    ];
     let survivor = Executor::start(&scheduler, &fast).unwrap();
     let mut victim = Executor::start(&scheduler, &fast).unwrap();
     scheduler.wait_for_executors(2).unwrap();

@@ -51,7 +51,9 @@ pub async fn session(url: Option<&str>) -> SessionContext {
         None => SessionContext::new(),
     };
     for t in tables() {
-        tables::register(&ctx, &t).await.expect("registering a table");
+        tables::register(&ctx, &t)
+            .await
+            .expect("registering a table");
     }
     ctx
 }
@@ -65,7 +67,9 @@ pub async fn run(ctx: &SessionContext, sql: &str) -> String {
         .collect()
         .await
         .unwrap_or_else(|e| panic!("running {sql}: {e}"));
-    pretty_format_batches(&batches).expect("formatting").to_string()
+    pretty_format_batches(&batches)
+        .expect("formatting")
+        .to_string()
 }
 
 /// A path under a fresh temporary folder that lives as long as the returned guard.

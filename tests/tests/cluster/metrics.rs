@@ -44,7 +44,10 @@ async fn scheduler_and_executor_expose_health_and_metric_names() {
         // The process collector.
         "process_resident_memory_bytes",
     ] {
-        assert!(text.contains(name), "scheduler /metrics lacks {name}:\n{text}");
+        assert!(
+            text.contains(name),
+            "scheduler /metrics lacks {name}:\n{text}"
+        );
     }
     assert_eq!(metric_value(&text, "encore_scheduler_executors"), Some(1.0));
     let completed = text
@@ -62,7 +65,10 @@ async fn scheduler_and_executor_expose_health_and_metric_names() {
         "encore_executor_task_duration_seconds_bucket",
         "process_resident_memory_bytes",
     ] {
-        assert!(text.contains(name), "executor /metrics lacks {name}:\n{text}");
+        assert!(
+            text.contains(name),
+            "executor /metrics lacks {name}:\n{text}"
+        );
     }
     assert_eq!(metric_value(&text, "encore_executor_task_slots"), Some(2.0));
 

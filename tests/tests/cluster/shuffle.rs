@@ -17,10 +17,20 @@ const QUERY: &str = "SELECT p.user_id % 7 AS bucket, i.genre, count(*) AS plays,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shuffle_aggregation_matches_local_datafusion_and_uses_both_executors() {
-    let scheduler = Scheduler::start(&[]).unwrap();
+    shuffle_on_two_executors("pull-staged").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shuffle_aggregation_also_works_with_push_scheduling() {
+    shuffle_on_two_executors("push-staged").await;
+}
+
+async fn shuffle_on_two_executors(policy: &str) {
+    let scheduler = Scheduler::start(&["--scheduler-policy", policy]).unwrap();
     // One task slot each: a stage with several tasks must use both.
-    let a = Executor::start(&scheduler, &["--concurrent-tasks", "1"]).unwrap();
-    let b = Executor::start(&scheduler, &["--concurrent-tasks", "1"]).unwrap();
+    let executor_args = ["--concurrent-tasks", "1", "--task-scheduling-policy", policy];
+    let a = Executor::start(&scheduler, &executor_args).unwrap();
+    let b = Executor::start(&scheduler, &executor_args).unwrap();
     scheduler.wait_for_executors(2).unwrap();
 
     let remote = session(Some(&scheduler.url())).await;
