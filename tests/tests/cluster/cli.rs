@@ -243,9 +243,10 @@ fn demo_generates_data_and_queries_it() {
 /// The server binaries refuse bad settings with one clear line and exit non-zero.
 #[test]
 fn servers_reject_bad_settings_and_unreachable_schedulers() {
-    let run = |bin: &str, args: &[&str]| {
+    let run_with_env = |bin: &str, args: &[&str], env: &[(&str, &str)]| {
         let out = std::process::Command::new(encore_tests::bin(bin))
             .args(args)
+            .envs(env.iter().copied())
             .output()
             .unwrap();
         (
@@ -253,6 +254,7 @@ fn servers_reject_bad_settings_and_unreachable_schedulers() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
+    let run = |bin: &str, args: &[&str]| run_with_env(bin, args, &[]);
     let (code, err) = run(
         "encore-scheduler",
         &["--bind-host", "not-a-host", "--bind-port", "0"],
@@ -272,6 +274,40 @@ fn servers_reject_bad_settings_and_unreachable_schedulers() {
     );
     assert_eq!(code, Some(1));
     assert!(err.contains("executor_timeout_seconds (5)"), "{err}");
+    // The same settings reach the scheduler through ENCORE_* variables and
+    // the [scheduler] section of a TOML file.
+    let (code, err) = run_with_env(
+        "encore-scheduler",
+        &["--bind-port", "0"],
+        &[("ENCORE_SCHEDULER_BIND_HOST", "env-host")],
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("bind_host 'env-host'"), "{err}");
+    let (_dir, toml) = temp_path("encore.toml");
+    std::fs::write(
+        &toml,
+        "[scheduler]\nbind_port = 0\nexecutor_timeout_seconds = 3\nexpire_dead_executor_interval_seconds = 4\n",
+    )
+    .unwrap();
+    let toml_arg = toml.display().to_string();
+    let (code, err) = run("encore-scheduler", &["--config", &toml_arg]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("executor_timeout_seconds (3)"), "{err}");
+    // A flag wins over the file.
+    let (code, err) = run(
+        "encore-scheduler",
+        &["--config", &toml_arg, "--executor-timeout-seconds", "2"],
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("executor_timeout_seconds (2)"), "{err}");
+    std::fs::write(&toml, "[scheduler]\nbind_prot = 0\n").unwrap();
+    let (code, err) = run("encore-scheduler", &["--config", &toml_arg]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("bind_prot") && err.contains("encore.toml"),
+        "{err}"
+    );
+
     let (code, err) = run(
         "encore-executor",
         &[

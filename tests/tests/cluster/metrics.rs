@@ -72,7 +72,11 @@ async fn scheduler_and_executor_expose_health_and_metric_names() {
     }
     assert_eq!(metric_value(&text, "encore_executor_task_slots"), Some(2.0));
 
-    // SIGTERM stops the scheduler cleanly (exit code 0), promptly.
+    // SIGTERM stops the executor (it tells the scheduler first) and the
+    // scheduler cleanly: exit code 0, promptly.
+    let mut executor = executor;
+    let status = executor.process.terminate(Duration::from_secs(30)).unwrap();
+    assert!(status.success(), "executor exited with {status}");
     let status = scheduler
         .process
         .terminate(Duration::from_secs(20))

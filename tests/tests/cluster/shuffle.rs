@@ -28,7 +28,12 @@ async fn shuffle_aggregation_also_works_with_push_scheduling() {
 async fn shuffle_on_two_executors(policy: &str) {
     let scheduler = Scheduler::start(&["--scheduler-policy", policy]).unwrap();
     // One task slot each: a stage with several tasks must use both.
-    let executor_args = ["--concurrent-tasks", "1", "--task-scheduling-policy", policy];
+    let executor_args = [
+        "--concurrent-tasks",
+        "1",
+        "--task-scheduling-policy",
+        policy,
+    ];
     let a = Executor::start(&scheduler, &executor_args).unwrap();
     let b = Executor::start(&scheduler, &executor_args).unwrap();
     scheduler.wait_for_executors(2).unwrap();
