@@ -2,9 +2,9 @@
 //! LD_LIBRARY_PATH, and forces libtorch_cuda to be linked when present
 //! (otherwise the linker drops it and tch never sees CUDA).
 //!
-//! The libtorch folder comes from torch-sys (`DEP_TCH_LIBTORCH_LIB`); it is
-//! passed on to dependents as `DEP_ENCORE_MODELS_TORCH_LIB` so that every
-//! package with binaries can call the same link arguments from its build.rs.
+//! The libtorch folder comes from torch-sys (`DEP_TCH_LIBTORCH_LIB`); the
+//! link arguments are passed on to dependents as `DEP_ENCORE_MODELS_LINK_ARGS`
+//! so that every package with binaries links libtorch the same way.
 
 use std::path::Path;
 
@@ -15,9 +15,13 @@ fn main() {
         return;
     };
     println!("cargo:torch_lib={lib}");
-    for arg in link_args(Path::new(&lib)) {
+    let args = link_args(Path::new(&lib));
+    for arg in &args {
         println!("cargo:rustc-link-arg={arg}");
     }
+    // Dependents with binaries re-emit these (DEP_ENCORE_MODELS_LINK_ARGS),
+    // separated by the ASCII unit separator since paths may hold spaces.
+    println!("cargo:link_args={}", args.join("\x1f"));
 }
 
 /// The linker arguments every binary that links libtorch needs.

@@ -2,19 +2,24 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use encore_executor::ExecutorConfig;
+use encore_model_server::{ModelServerConfig, start_model_server};
 use encore_scheduler::SchedulerConfig;
 
 use crate::cluster::LocalCluster;
 
-/// Run a whole Encore cluster in this process: scheduler and executor.
+/// Run a whole Encore cluster in this process: scheduler, executor and, with
+/// --registry, the model server.
 ///
 /// Prints the addresses it serves, then runs until Ctrl-C or SIGTERM.
-/// Point `encore sql --scheduler` or any Ballista client at the scheduler URL.
+/// Point `encore sql --scheduler` or any Ballista client at the scheduler URL,
+/// and Triton / KServe v2 clients at the model server.
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:\n  \
     encore standalone                       # scheduler on 127.0.0.1:50050\n  \
     encore standalone --bind-port 0 --concurrent-tasks 2\n  \
+    encore standalone --registry registry   # also serve the registry's models on 127.0.0.1:8001\n  \
     # in another terminal:\n  \
     encore sql --scheduler df://127.0.0.1:50050 --table plays=demo-data/plays \"SELECT count(*) FROM plays\"")]
 pub struct Args {
@@ -33,6 +38,12 @@ pub struct Args {
     /// Executor memory pool in bytes (spills beyond it); 0 = unbounded.
     #[arg(long = "memory-pool-size", env = "ENCORE_EXECUTOR_MEMORY_POOL_SIZE")]
     pub memory_pool_size_bytes: Option<u64>,
+    /// Model registry to serve (KServe v2 gRPC); no model server without it.
+    #[arg(long, env = "ENCORE_REGISTRY")]
+    pub registry: Option<PathBuf>,
+    /// Model server port (KServe v2 gRPC); 0 picks a free one.
+    #[arg(long, env = "ENCORE_MODEL_SERVER_BIND_PORT", default_value_t = 8001)]
+    pub model_server_port: u16,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -57,10 +68,34 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         executor.memory_pool_size_bytes = args.memory_pool_size_bytes;
     }
     // Only the scheduler's port is public; the executor's are internal.
+    let bind_host = scheduler.bind_host.clone();
     let cluster = LocalCluster::start(scheduler, executor.with_free_ports()).await?;
+    let model_server = match args.registry {
+        Some(registry) => Some(
+            start_model_server(ModelServerConfig {
+                registry,
+                bind_host,
+                bind_port: args.model_server_port,
+                ..Default::default()
+            })
+            .await
+            .context("starting the model server")?,
+        ),
+        None => None,
+    };
     print_addresses(&cluster);
+    match &model_server {
+        Some(server) => println!(
+            "  models      {}   (KServe v2 gRPC; tritonclient connects here)",
+            server.addr()
+        ),
+        None => println!("  models      not served (start with --registry DIR)"),
+    }
     encore_common::process::shutdown_signal().await;
     eprintln!("shutting down");
+    if let Some(server) = model_server {
+        server.shutdown().await?;
+    }
     cluster.shutdown().await
 }
 

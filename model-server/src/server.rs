@@ -1,0 +1,135 @@
+//! Starting and stopping the model server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use encore_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use crate::error::{Error, Result};
+use crate::kserve::{KserveService, ModelStore};
+use crate::registry::Registry;
+
+/// Everything the model server needs to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelServerConfig {
+    /// Registry root folder.
+    pub registry: PathBuf,
+    /// Models to load at start (their `production` alias, else newest
+    /// version); empty loads every model in the registry.
+    pub models: Vec<String>,
+    /// Address to listen on.
+    pub bind_host: String,
+    /// Port to listen on; 0 picks a free one.
+    pub bind_port: u16,
+    /// Largest gRPC message accepted or sent.
+    pub grpc_max_message_bytes: usize,
+}
+
+impl Default for ModelServerConfig {
+    fn default() -> Self {
+        Self {
+            registry: PathBuf::from("registry"),
+            models: Vec::new(),
+            bind_host: "127.0.0.1".into(),
+            bind_port: 8001,
+            grpc_max_message_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// A running model server; dropping it stops the server.
+pub struct ModelServerHandle {
+    addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<()>>>,
+}
+
+impl ModelServerHandle {
+    /// The bound gRPC address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting requests, lets in-flight ones finish, and waits.
+    pub async fn shutdown(mut self) -> Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.wait().await
+    }
+
+    /// Waits until the server stops.
+    pub async fn wait(&mut self) -> Result<()> {
+        match self.task.take() {
+            Some(task) => task
+                .await
+                .map_err(|e| Error::Internal(format!("server task: {e}")))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ModelServerHandle {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Loads the configured models, binds, and serves KServe v2 gRPC.
+pub async fn start_model_server(config: ModelServerConfig) -> Result<ModelServerHandle> {
+    let registry = Registry::new(&config.registry);
+    let store = Arc::new(ModelStore::new(registry.clone()));
+    let models = if config.models.is_empty() {
+        registry.models()?
+    } else {
+        config.models.clone()
+    };
+    for name in &models {
+        let store = store.clone();
+        let name = name.clone();
+        tokio::task::spawn_blocking(move || store.load(&name, ""))
+            .await
+            .map_err(|e| Error::Internal(format!("model loader: {e}")))??;
+    }
+
+    let wanted = format!("{}:{}", config.bind_host, config.bind_port);
+    let listener = tokio::net::TcpListener::bind(&wanted)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: wanted.clone(),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| Error::Bind {
+        addr: wanted,
+        source,
+    })?;
+    let service = GrpcInferenceServiceServer::new(KserveService::new(store))
+        .max_decoding_message_size(config.grpc_max_message_bytes)
+        .max_encoding_message_size(config.grpc_max_message_bytes);
+    info!(%addr, models = ?models, "encore model server listening");
+
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async move {
+                    let _ = rx.await;
+                },
+            )
+            .await
+            .map_err(|e| Error::Internal(format!("gRPC server: {e}")))
+    });
+    Ok(ModelServerHandle {
+        addr,
+        shutdown: Some(tx),
+        task: Some(task),
+    })
+}
