@@ -204,14 +204,7 @@ fn infer(store: &ModelStore, request: ModelInferRequest) -> Result<ModelInferRes
             "inputs disagree on the batch size (first dimensions {batch:?})"
         )));
     }
-    let outputs = model.forward(tensors)?;
     let wanted: Vec<&str> = request.outputs.iter().map(|o| o.name.as_str()).collect();
-    let mut response = ModelInferResponse {
-        model_name: manifest.name.clone(),
-        model_version: manifest.version.to_string(),
-        id: request.id,
-        ..Default::default()
-    };
     for name in &wanted {
         if !manifest.outputs.iter().any(|s| s.name == *name) {
             return Err(Error::InvalidArgument(format!(
@@ -220,6 +213,13 @@ fn infer(store: &ModelStore, request: ModelInferRequest) -> Result<ModelInferRes
             )));
         }
     }
+    let outputs = model.forward(tensors)?;
+    let mut response = ModelInferResponse {
+        model_name: manifest.name.clone(),
+        model_version: manifest.version.to_string(),
+        id: request.id,
+        ..Default::default()
+    };
     for (spec, tensor) in manifest.outputs.iter().zip(&outputs) {
         if wanted.is_empty() || wanted.contains(&spec.name.as_str()) {
             let (output, raw) = encode_output(spec, tensor)?;

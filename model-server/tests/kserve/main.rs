@@ -226,6 +226,17 @@ async fn bad_requests_get_invalid_argument_or_not_found_naming_the_problem() {
         .collect();
     cases.push((request(input, nan), tonic::Code::InvalidArgument, "NaN"));
     let (input, raw) = good();
+    let mut output = request(input, raw);
+    output.outputs = vec![model_infer_request::InferRequestedOutputTensor {
+        name: "churn_90d".into(),
+        ..Default::default()
+    }];
+    cases.push((
+        output,
+        tonic::Code::InvalidArgument,
+        "unknown output 'churn_90d'",
+    ));
+    let (input, raw) = good();
     let mut unknown = request(input, raw);
     unknown.model_name = "nope".into();
     cases.push((unknown, tonic::Code::NotFound, "model 'nope'"));
