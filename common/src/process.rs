@@ -40,3 +40,68 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
 }
+
+/// A server running on a tokio task that stops gracefully when asked (or
+/// when dropped). A panic inside the server resurfaces in [`Self::wait`].
+pub struct ServerTask<E> {
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), E>>>,
+}
+
+impl<E: Send + 'static> ServerTask<E> {
+    /// Spawns `serve`, handing it the future that resolves when the server should stop.
+    pub fn spawn<F>(
+        serve: impl FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> F,
+    ) -> Self
+    where
+        F: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let stop = Box::pin(async move {
+            let _ = rx.await;
+        });
+        Self {
+            shutdown: Some(tx),
+            task: Some(tokio::spawn(serve(stop))),
+        }
+    }
+
+    /// Waits until the server stops (after [`Self::shutdown`], or on its own error).
+    pub async fn wait(&mut self) -> Result<(), E> {
+        match self.task.take() {
+            Some(task) => match task.await {
+                Ok(result) => result,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => Ok(()),
+            },
+            None => Ok(()),
+        }
+    }
+
+    /// Asks the server to stop (in-flight requests finish), then waits for it.
+    pub async fn shutdown(&mut self) -> Result<(), E> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.wait().await
+    }
+
+    /// Serves until the server stops or Ctrl-C / SIGTERM arrives, then stops it gracefully.
+    pub async fn run_until_signal(&mut self) -> Result<(), E> {
+        tokio::select! {
+            result = self.wait() => result,
+            _ = shutdown_signal() => {
+                tracing::info!("shutting down");
+                self.shutdown().await
+            }
+        }
+    }
+}
+
+impl<E> Drop for ServerTask<E> {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}

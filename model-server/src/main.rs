@@ -64,13 +64,7 @@ fn run() -> anyhow::Result<()> {
             let mut handle = start_model_server(config).await?;
             // One stable line on stdout for scripts and tests.
             println!("encore-model-server listening on {}", handle.addr());
-            tokio::select! {
-                r = handle.wait() => r?,
-                _ = process::shutdown_signal() => {
-                    tracing::info!("shutting down");
-                    handle.shutdown().await?;
-                }
-            }
+            handle.run_until_signal().await?;
             Ok(())
         })
 }

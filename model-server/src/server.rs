@@ -4,9 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use encore_common::process::ServerTask;
 use encore_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::error::{Error, Result};
@@ -44,8 +43,7 @@ impl Default for ModelServerConfig {
 /// A running model server; dropping it stops the server.
 pub struct ModelServerHandle {
     addr: SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<()>>>,
+    server: ServerTask<Error>,
 }
 
 impl ModelServerHandle {
@@ -56,28 +54,12 @@ impl ModelServerHandle {
 
     /// Stops accepting requests, lets in-flight ones finish, and waits.
     pub async fn shutdown(mut self) -> Result<()> {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        self.wait().await
+        self.server.shutdown().await
     }
 
-    /// Waits until the server stops.
-    pub async fn wait(&mut self) -> Result<()> {
-        match self.task.take() {
-            Some(task) => task
-                .await
-                .map_err(|e| Error::Internal(format!("server task: {e}")))?,
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for ModelServerHandle {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+    /// Serves until Ctrl-C / SIGTERM (then stops gracefully) or a server error.
+    pub async fn run_until_signal(&mut self) -> Result<()> {
+        self.server.run_until_signal().await
     }
 }
 
@@ -114,22 +96,15 @@ pub async fn start_model_server(config: ModelServerConfig) -> Result<ModelServer
         .max_encoding_message_size(config.grpc_max_message_bytes);
     info!(%addr, models = ?models, "encore model server listening");
 
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
+    let server = ServerTask::spawn(|stop| async move {
         tonic::transport::Server::builder()
             .add_service(service)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async move {
-                    let _ = rx.await;
-                },
+                stop,
             )
             .await
             .map_err(|e| Error::Internal(format!("gRPC server: {e}")))
     });
-    Ok(ModelServerHandle {
-        addr,
-        shutdown: Some(tx),
-        task: Some(task),
-    })
+    Ok(ModelServerHandle { addr, server })
 }

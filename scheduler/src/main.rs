@@ -103,13 +103,7 @@ fn run() -> anyhow::Result<()> {
             let mut handle = start_scheduler(config).await?;
             // One stable line on stdout for scripts and tests.
             println!("encore-scheduler listening on {}", handle.url());
-            tokio::select! {
-                r = handle.wait() => r?,
-                _ = process::shutdown_signal() => {
-                    tracing::info!("shutting down");
-                    handle.shutdown().await?;
-                }
-            }
+            handle.run_until_signal().await?;
             Ok(())
         })
 }

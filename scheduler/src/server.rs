@@ -9,8 +9,7 @@ use ballista_core::serde::protobuf::scheduler_grpc_server::SchedulerGrpcServer;
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::scheduler_process::create_scheduler;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use encore_common::process::ServerTask;
 use tonic::service::RoutesBuilder;
 use tracing::info;
 
@@ -23,8 +22,7 @@ use crate::metrics::SchedulerMetrics;
 pub struct SchedulerHandle {
     addr: SocketAddr,
     advertised: String,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<()>>>,
+    server: ServerTask<Error>,
 }
 
 impl SchedulerHandle {
@@ -45,28 +43,12 @@ impl SchedulerHandle {
 
     /// Stops accepting connections, lets in-flight requests finish, and waits.
     pub async fn shutdown(mut self) -> Result<()> {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        self.wait().await
+        self.server.shutdown().await
     }
 
-    /// Waits until the server stops (after [`Self::shutdown`], or on an I/O error).
-    pub async fn wait(&mut self) -> Result<()> {
-        match self.task.take() {
-            Some(task) => task
-                .await
-                .map_err(|e| Error::Serve(std::io::Error::other(e.to_string())))?,
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for SchedulerHandle {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+    /// Serves until Ctrl-C / SIGTERM (then stops gracefully) or an I/O error.
+    pub async fn run_until_signal(&mut self) -> Result<()> {
+        self.server.run_until_signal().await
     }
 }
 
@@ -131,22 +113,18 @@ pub async fn start_scheduler(config: SchedulerConfig) -> Result<SchedulerHandle>
     let advertised = format!("{}:{}", config.advertised_host(), addr.port());
     info!(%addr, url = %format!("df://{advertised}"), "encore scheduler listening");
 
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
+    let server = ServerTask::spawn(|stop| async move {
         axum::serve(
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(async move {
-            let _ = rx.await;
-        })
+        .with_graceful_shutdown(stop)
         .await
         .map_err(Error::Serve)
     });
     Ok(SchedulerHandle {
         addr,
         advertised,
-        shutdown: Some(tx),
-        task: Some(task),
+        server,
     })
 }
