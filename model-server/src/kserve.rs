@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use encore_proto::inference::grpc_inference_service_server::GrpcInferenceService;
 use encore_proto::inference::model_metadata_response::TensorMetadata;
@@ -13,6 +14,7 @@ use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 
 use crate::error::{Error, Result};
+use crate::metrics::ServerMetrics;
 use crate::registry::{Manifest, Registry};
 use crate::tensor::{decode_input, encode_output};
 
@@ -91,29 +93,61 @@ impl LoadedModel {
 pub struct ModelStore {
     registry: Registry,
     loaded: RwLock<HashMap<String, Arc<LoadedModel>>>,
+    metrics: Arc<ServerMetrics>,
 }
 
 impl ModelStore {
     /// An empty store over `registry`.
-    pub fn new(registry: Registry) -> Self {
+    pub fn new(registry: Registry, metrics: Arc<ServerMetrics>) -> Self {
         Self {
             registry,
             loaded: RwLock::default(),
+            metrics,
         }
+    }
+
+    /// True once at least one model is loaded.
+    pub fn is_ready(&self) -> bool {
+        !self.read().is_empty()
     }
 
     /// Loads (or reloads) `name` at the version `selector` resolves to.
     pub fn load(&self, name: &str, selector: &str) -> Result<Arc<LoadedModel>> {
-        let version = self.registry.resolve(name, selector)?;
-        let model = Arc::new(LoadedModel::load(&self.registry, name, version)?);
+        let started = Instant::now();
+        let loaded = self
+            .registry
+            .resolve(name, selector)
+            .and_then(|version| Ok((version, LoadedModel::load(&self.registry, name, version)?)));
+        let (version, model) = match loaded {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                // Only models that exist get a label: the set stays bounded.
+                if !matches!(e, Error::NotFound(_)) {
+                    self.metrics.load_failures.with_label_values(&[name]).inc();
+                }
+                return Err(e);
+            }
+        };
+        self.metrics
+            .load_duration
+            .with_label_values(&[name])
+            .observe(started.elapsed().as_secs_f64());
+        // The failure series exists from the first load, so rates work at 0.
+        self.metrics.load_failures.with_label_values(&[name]);
+        let model = Arc::new(model);
         info!(model = name, version, "model loaded");
-        self.write().insert(name.to_owned(), model.clone());
+        let mut loaded = self.write();
+        loaded.insert(name.to_owned(), model.clone());
+        self.metrics.loaded_models.set(loaded.len() as i64);
         Ok(model)
     }
 
     /// Stops serving `name`; false if it was not loaded.
     pub fn unload(&self, name: &str) -> bool {
-        self.write().remove(name).is_some()
+        let mut loaded = self.write();
+        let removed = loaded.remove(name).is_some();
+        self.metrics.loaded_models.set(loaded.len() as i64);
+        removed
     }
 
     /// The loaded model `name`, checked against a requested version ("" = any).
@@ -213,7 +247,28 @@ fn infer(store: &ModelStore, request: ModelInferRequest) -> Result<ModelInferRes
             )));
         }
     }
-    let outputs = model.forward(tensors)?;
+    let rows = batch.first().copied().flatten().unwrap_or(1).max(0);
+    let labels = [manifest.name.as_str()];
+    store
+        .metrics
+        .batch_size
+        .with_label_values(&labels)
+        .observe(rows as f64);
+    let started = Instant::now();
+    let outputs = model.forward(tensors);
+    store
+        .metrics
+        .inference_duration
+        .with_label_values(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    let version = manifest.version.to_string();
+    let outcome = if outputs.is_ok() { "ok" } else { "error" };
+    store
+        .metrics
+        .inferences
+        .with_label_values(&[manifest.name.as_str(), version.as_str(), outcome])
+        .inc();
+    let outputs = outputs?;
     let mut response = ModelInferResponse {
         model_name: manifest.name.clone(),
         model_version: manifest.version.to_string(),
@@ -243,7 +298,7 @@ impl GrpcInferenceService for KserveService {
         &self,
         _: Request<ServerReadyRequest>,
     ) -> Result<Response<ServerReadyResponse>, Status> {
-        let ready = !self.store.read().is_empty();
+        let ready = self.store.is_ready();
         Ok(Response::new(ServerReadyResponse { ready }))
     }
 

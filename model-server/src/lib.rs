@@ -5,11 +5,13 @@
 //!
 //! It needs no Rust model code: any TorchScript module with an Encore
 //! manifest is served, whether exported by Encore's trainer or by Python.
+//! gRPC and HTTP (`/metrics`, `/healthz`, `/readyz`) share one port.
 //! Dynamic batching, the typed `encore.v1.Scoring` API, Arrow Flight, A/B
-//! splits, hot reload and `/metrics` build on this crate.
+//! splits and hot reload build on this crate.
 
 pub mod error;
 pub mod kserve;
+pub mod metrics;
 pub mod registry;
 mod server;
 pub mod tensor;

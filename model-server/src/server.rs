@@ -6,10 +6,12 @@ use std::sync::Arc;
 
 use encore_common::process::ServerTask;
 use encore_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
+use tonic::service::RoutesBuilder;
 use tracing::info;
 
 use crate::error::{Error, Result};
 use crate::kserve::{KserveService, ModelStore};
+use crate::metrics::ServerMetrics;
 use crate::registry::Registry;
 
 /// Everything the model server needs to start.
@@ -63,10 +65,37 @@ impl ModelServerHandle {
     }
 }
 
-/// Loads the configured models, binds, and serves KServe v2 gRPC.
+/// `/metrics`, `/healthz`, and `/readyz` (200 once a model is loaded).
+fn http_routes(store: Arc<ModelStore>, metrics: Arc<ServerMetrics>) -> axum::Router {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || async move { encore_common::metrics::response(metrics.encode()) }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || async move {
+                if store.is_ready() {
+                    (StatusCode::OK, "ready: models loaded\n")
+                } else {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not ready: no model loaded\n",
+                    )
+                }
+            }),
+        )
+}
+
+/// Loads the configured models, binds, and serves KServe v2 gRPC and HTTP on one port.
 pub async fn start_model_server(config: ModelServerConfig) -> Result<ModelServerHandle> {
     let registry = Registry::new(&config.registry);
-    let store = Arc::new(ModelStore::new(registry.clone()));
+    let metrics =
+        Arc::new(ServerMetrics::new().map_err(|e| Error::Internal(format!("metrics: {e}")))?);
+    let store = Arc::new(ModelStore::new(registry.clone(), metrics.clone()));
     let models = if config.models.is_empty() {
         registry.models()?
     } else {
@@ -91,20 +120,26 @@ pub async fn start_model_server(config: ModelServerConfig) -> Result<ModelServer
         addr: wanted,
         source,
     })?;
-    let service = GrpcInferenceServiceServer::new(KserveService::new(store))
+    let service = GrpcInferenceServiceServer::new(KserveService::new(store.clone()))
         .max_decoding_message_size(config.grpc_max_message_bytes)
         .max_encoding_message_size(config.grpc_max_message_bytes);
+    let mut grpc = RoutesBuilder::default();
+    grpc.add_service(service);
+    let app = grpc
+        .routes()
+        .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(
+            metrics.grpc.clone(),
+            encore_common::metrics::record_grpc,
+        ))
+        .merge(http_routes(store, metrics));
     info!(%addr, models = ?models, "encore model server listening");
 
     let server = ServerTask::spawn(|stop| async move {
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                stop,
-            )
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
             .await
-            .map_err(|e| Error::Internal(format!("gRPC server: {e}")))
+            .map_err(|e| Error::Internal(format!("server: {e}")))
     });
     Ok(ModelServerHandle { addr, server })
 }

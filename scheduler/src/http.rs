@@ -1,12 +1,10 @@
 //! Encore's HTTP endpoints on the scheduler port and the gRPC metrics layer.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::StatusCode;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use ballista_scheduler::scheduler_server::SchedulerServer;
@@ -76,33 +74,4 @@ async fn readyz(State(state): State<AppState>) -> Response {
         )
             .into_response()
     }
-}
-
-/// Middleware for the gRPC routes: counts calls by method and status code and
-/// times them to the response headers.
-pub(crate) async fn grpc_metrics(
-    State(metrics): State<Arc<SchedulerMetrics>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let started = Instant::now();
-    // "/ballista.protobuf.SchedulerGrpc/PollWork" -> "PollWork"; a bounded set.
-    let method = request
-        .uri()
-        .path()
-        .rsplit('/')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    let response = next.run(request).await;
-    // Errors are sent as trailers-only responses with grpc-status in the
-    // headers; a success carries it in the trailers, after the body.
-    let code = response
-        .headers()
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("0")
-        .to_owned();
-    metrics.observe_grpc(&method, &code, started.elapsed());
-    response
 }

@@ -6,11 +6,12 @@
 //! and the process collector in Prometheus' default registry; `/metrics`
 //! serves both.
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
-use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-};
+use encore_common::metrics::GrpcMetrics;
+
+use prometheus::{IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::error::Result;
 
@@ -27,8 +28,8 @@ pub struct SchedulerMetrics {
     /// Queries cancelled because an executor was lost while they ran.
     pub queries_cancelled_executor_lost: prometheus::IntCounter,
     uptime: prometheus::Gauge,
-    grpc_requests: IntCounterVec,
-    grpc_duration: HistogramVec,
+    /// gRPC calls by method and code (recorded by the layer on the gRPC routes).
+    pub grpc: Arc<GrpcMetrics>,
 }
 
 impl SchedulerMetrics {
@@ -61,29 +62,13 @@ impl SchedulerMetrics {
             "encore_scheduler_uptime_seconds",
             "Seconds since the scheduler started",
         )?;
-        let grpc_requests = IntCounterVec::new(
-            Opts::new(
-                "encore_scheduler_grpc_requests_total",
-                "gRPC requests served, by method and status code",
-            ),
-            &["method", "code"],
-        )?;
-        let grpc_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "encore_scheduler_grpc_request_duration_seconds",
-                "Time to the response headers of gRPC requests, by method",
-            )
-            .buckets(prometheus::exponential_buckets(0.0001, 4.0, 10)?),
-            &["method"],
-        )?;
         registry.register(Box::new(info))?;
         registry.register(Box::new(executors.clone()))?;
         registry.register(Box::new(jobs_pending.clone()))?;
         registry.register(Box::new(jobs_running.clone()))?;
         registry.register(Box::new(queries_cancelled_executor_lost.clone()))?;
         registry.register(Box::new(uptime.clone()))?;
-        registry.register(Box::new(grpc_requests.clone()))?;
-        registry.register(Box::new(grpc_duration.clone()))?;
+        let grpc = Arc::new(GrpcMetrics::new(&registry, "encore_scheduler")?);
         Ok(Self {
             registry,
             started: Instant::now(),
@@ -92,17 +77,8 @@ impl SchedulerMetrics {
             jobs_running,
             queries_cancelled_executor_lost,
             uptime,
-            grpc_requests,
-            grpc_duration,
+            grpc,
         })
-    }
-
-    /// Records one gRPC call; `method` is the RPC name (a bounded set).
-    pub fn observe_grpc(&self, method: &str, code: &str, elapsed: Duration) {
-        self.grpc_requests.with_label_values(&[method, code]).inc();
-        self.grpc_duration
-            .with_label_values(&[method])
-            .observe(elapsed.as_secs_f64());
     }
 
     /// Prometheus text format: Encore's metrics, then Ballista's and the process'.
@@ -114,13 +90,15 @@ impl SchedulerMetrics {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
     fn exposes_encore_scheduler_names() {
         let m = SchedulerMetrics::new().unwrap();
         m.executors.set(2);
-        m.observe_grpc("PollWork", "0", Duration::from_millis(3));
+        m.grpc.observe("PollWork", "0", Duration::from_millis(3));
         let text = m.encode().unwrap();
         for name in [
             "encore_scheduler_info",

@@ -97,8 +97,8 @@ pub async fn start_scheduler(config: SchedulerConfig) -> Result<SchedulerHandle>
         .routes()
         .into_axum_router()
         .layer(axum::middleware::from_fn_with_state(
-            metrics.clone(),
-            http::grpc_metrics,
+            metrics.grpc.clone(),
+            encore_common::metrics::record_grpc,
         ));
 
     let scheduler = Arc::new(scheduler);

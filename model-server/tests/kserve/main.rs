@@ -383,3 +383,58 @@ async fn tritonclient_grpc_drives_the_server() {
     assert!(out.status.success(), "tritonclient script failed:\n{text}");
     assert!(text.contains("tritonclient ok"), "{text}");
 }
+
+#[tokio::test]
+async fn metrics_and_health_share_the_grpc_port() {
+    let (_registry, server, mut client) = serve().await;
+    let addr = server.addr().to_string();
+    let (input, raw) = features(&[[1.0, 2.0, 3.0], [0.0, 1.0, 0.0]]);
+    client.model_infer(request(input, raw)).await.unwrap();
+    let (mut bad, raw) = features(&[[1.0, 2.0, 3.0]]);
+    bad.name = "x".into();
+    client.model_infer(request(bad, raw)).await.unwrap_err();
+
+    let get = |path: &'static str| {
+        let addr = addr.clone();
+        tokio::task::spawn_blocking(move || encore_tests::http_get(&addr, path).unwrap())
+    };
+    assert_eq!(get("/healthz").await.unwrap().0, 200);
+    assert_eq!(get("/readyz").await.unwrap().0, 200);
+    let (code, text) = get("/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    let value = |sample: &str| encore_tests::metric_value(&text, sample);
+    assert_eq!(
+        value("encore_model_server_inferences_total{model=\"churn\",outcome=\"ok\",version=\"1\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value("encore_model_server_grpc_requests_total{code=\"0\",method=\"ModelInfer\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value("encore_model_server_grpc_requests_total{code=\"3\",method=\"ModelInfer\"}"),
+        Some(1.0),
+        "INVALID_ARGUMENT is code 3:\n{text}"
+    );
+    assert_eq!(
+        value("encore_model_server_loaded_models"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value("encore_model_server_batch_size_sum{model=\"churn\"}"),
+        Some(2.0),
+        "{text}"
+    );
+    for name in [
+        "encore_model_server_inference_duration_seconds_bucket",
+        "encore_model_server_grpc_request_duration_seconds_bucket",
+        "encore_model_server_model_load_duration_seconds_count{model=\"churn\"} 1",
+        "encore_model_server_model_load_failures_total",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(text.contains(name), "missing {name}:\n{text}");
+    }
+}
