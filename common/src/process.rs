@@ -105,3 +105,30 @@ impl<E> Drop for ServerTask<E> {
         }
     }
 }
+
+/// A listen address that could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct BindError {
+    /// `host:port` that was asked for.
+    pub addr: String,
+    /// Why.
+    pub source: std::io::Error,
+}
+
+/// Binds `host:port` (port 0 picks a free one) and returns the listener with
+/// the address actually bound.
+pub async fn bind(
+    host: &str,
+    port: u16,
+) -> Result<(tokio::net::TcpListener, std::net::SocketAddr), BindError> {
+    let addr = format!("{host}:{port}");
+    let listener = match tokio::net::TcpListener::bind(&addr).await {
+        Ok(listener) => listener,
+        Err(source) => return Err(BindError { addr, source }),
+    };
+    match listener.local_addr() {
+        Ok(bound) => Ok((listener, bound)),
+        Err(source) => Err(BindError { addr, source }),
+    }
+}

@@ -13,13 +13,8 @@ pub enum Error {
     #[error(transparent)]
     ConfigFile(#[from] encore_common::config::ConfigFileError),
     /// A listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// `host:port` that was asked for.
-        addr: String,
-        /// Why.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] encore_common::process::BindError),
     /// The scheduler did not accept a connection in time.
     #[error("cannot reach the scheduler at {addr} within {seconds}s")]
     SchedulerUnreachable {

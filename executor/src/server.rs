@@ -12,7 +12,7 @@ use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_
 use ballista_executor::flight_service::BallistaFlightService;
 use ballista_executor::health::ExecutorHealth;
 use ballista_executor::shutdown::Shutdown;
-use tokio::net::TcpListener;
+use encore_common::process::bind;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::info;
@@ -98,13 +98,6 @@ impl Drop for ExecutorHandle {
     }
 }
 
-async fn bind(host: &str, port: u16) -> Result<TcpListener> {
-    let addr = format!("{host}:{port}");
-    TcpListener::bind(&addr)
-        .await
-        .map_err(|source| Error::Bind { addr, source })
-}
-
 /// Waits until the scheduler accepts TCP connections, for at most `seconds`.
 /// (Ballista's own retry loop never ends, so Encore waits here and gives
 /// Ballista a single attempt.)
@@ -143,19 +136,16 @@ pub async fn start_executor(config: ExecutorConfig) -> Result<ExecutorHandle> {
 
     // Flight is served on a listener bound here, so port 0 is race-free and
     // the scheduler learns the real port.
-    let flight = bind(&config.bind_host, config.bind_port).await?;
-    let flight_addr = flight.local_addr().map_err(Error::Serve)?;
+    let (flight, flight_addr) = bind(&config.bind_host, config.bind_port).await?;
     // With push scheduling Ballista binds the task gRPC port itself: for 0,
     // find a free one. (Pull scheduling does not use it.)
     let push = config.task_scheduling_policy == crate::SchedulingPolicy::PushStaged;
     let grpc_port = if push && config.bind_grpc_port == 0 {
-        let probe = bind(&config.bind_host, 0).await?;
-        probe.local_addr().map_err(Error::Serve)?.port()
+        bind(&config.bind_host, 0).await?.1.port()
     } else {
         config.bind_grpc_port
     };
-    let http_listener = bind(&config.bind_host, config.bind_health_port).await?;
-    let http_addr = http_listener.local_addr().map_err(Error::Serve)?;
+    let (http_listener, http_addr) = bind(&config.bind_host, config.bind_health_port).await?;
 
     let max_message = config.grpc_max_message_bytes as usize;
     let flight = Mutex::new(Some(flight));

@@ -31,13 +31,8 @@ pub enum Error {
         source: tch::TchError,
     },
     /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// `host:port` that was asked for.
-        addr: String,
-        /// Why.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] encore_common::process::BindError),
     /// An inference worker stopped unexpectedly.
     #[error("internal: {0}")]
     Internal(String),
@@ -51,7 +46,7 @@ impl From<Error> for tonic::Status {
             Error::InvalidArgument(_) => tonic::Status::invalid_argument(message),
             Error::Registry { .. } => tonic::Status::failed_precondition(message),
             Error::Torch { .. } | Error::Internal(_) => tonic::Status::internal(message),
-            Error::Bind { .. } => tonic::Status::unavailable(message),
+            Error::Bind(_) => tonic::Status::unavailable(message),
         }
     }
 }

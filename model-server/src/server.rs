@@ -109,17 +109,8 @@ pub async fn start_model_server(config: ModelServerConfig) -> Result<ModelServer
             .map_err(|e| Error::Internal(format!("model loader: {e}")))??;
     }
 
-    let wanted = format!("{}:{}", config.bind_host, config.bind_port);
-    let listener = tokio::net::TcpListener::bind(&wanted)
-        .await
-        .map_err(|source| Error::Bind {
-            addr: wanted.clone(),
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| Error::Bind {
-        addr: wanted,
-        source,
-    })?;
+    let (listener, addr) =
+        encore_common::process::bind(&config.bind_host, config.bind_port).await?;
     let service = GrpcInferenceServiceServer::new(KserveService::new(store.clone()))
         .max_decoding_message_size(config.grpc_max_message_bytes)
         .max_encoding_message_size(config.grpc_max_message_bytes);

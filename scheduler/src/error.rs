@@ -13,13 +13,8 @@ pub enum Error {
     #[error(transparent)]
     ConfigFile(#[from] encore_common::config::ConfigFileError),
     /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// `host:port` that was asked for.
-        addr: String,
-        /// Why.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] encore_common::process::BindError),
     /// Ballista refused to start.
     #[error("ballista scheduler: {0}")]
     Ballista(#[from] Box<ballista_core::error::BallistaError>),

@@ -55,17 +55,8 @@ impl SchedulerHandle {
 /// Binds, starts the embedded Ballista scheduler and serves gRPC + HTTP on one port.
 pub async fn start_scheduler(config: SchedulerConfig) -> Result<SchedulerHandle> {
     config.validate()?;
-    let wanted = format!("{}:{}", config.bind_host, config.bind_port);
-    let listener = tokio::net::TcpListener::bind(&wanted)
-        .await
-        .map_err(|source| Error::Bind {
-            addr: wanted.clone(),
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| Error::Bind {
-        addr: wanted,
-        source,
-    })?;
+    let (listener, addr) =
+        encore_common::process::bind(&config.bind_host, config.bind_port).await?;
     // Ballista advertises `external_host:bind_port`; give it the real port.
     let ballista_config = Arc::new(config.to_ballista(addr.port()));
     ballista_config.validate()?;
