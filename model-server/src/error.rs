@@ -30,6 +30,23 @@ pub enum Error {
         /// Why.
         source: tch::TchError,
     },
+    /// The model's request queue is full.
+    #[error("{0}")]
+    Overloaded(String),
+    /// The request's deadline passed before it was served.
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// No version of the model can serve now (e.g. it is being unloaded or the server stops).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A parquet file of the online snapshot could not be read.
+    #[error("{}: {reason}", path.display())]
+    Snapshot {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The listen address could not be bound.
     #[error(transparent)]
     Bind(#[from] encore_common::process::BindError),
@@ -38,15 +55,23 @@ pub enum Error {
     Internal(String),
 }
 
+impl Error {
+    /// The gRPC status code this error is answered with.
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            Error::NotFound(_) => tonic::Code::NotFound,
+            Error::InvalidArgument(_) => tonic::Code::InvalidArgument,
+            Error::Registry { .. } | Error::Snapshot { .. } => tonic::Code::FailedPrecondition,
+            Error::Overloaded(_) => tonic::Code::ResourceExhausted,
+            Error::DeadlineExceeded(_) => tonic::Code::DeadlineExceeded,
+            Error::Unavailable(_) | Error::Bind(_) => tonic::Code::Unavailable,
+            Error::Torch { .. } | Error::Internal(_) => tonic::Code::Internal,
+        }
+    }
+}
+
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
-        let message = e.to_string();
-        match e {
-            Error::NotFound(_) => tonic::Status::not_found(message),
-            Error::InvalidArgument(_) => tonic::Status::invalid_argument(message),
-            Error::Registry { .. } => tonic::Status::failed_precondition(message),
-            Error::Torch { .. } | Error::Internal(_) => tonic::Status::internal(message),
-            Error::Bind(_) => tonic::Status::unavailable(message),
-        }
+        tonic::Status::new(e.code(), e.to_string())
     }
 }

@@ -1,179 +1,26 @@
 //! `inference.GRPCInferenceService`: KServe v2 / Open Inference Protocol
-//! core RPCs and Triton's model-repository extension over the registry.
+//! core RPCs and Triton's model-repository extension, over the store's
+//! deployments and the serving contracts of [`crate::contract`].
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use encore_proto::inference::grpc_inference_service_server::GrpcInferenceService;
+use encore_proto::inference::model_infer_request::InferInputTensor;
 use encore_proto::inference::model_metadata_response::TensorMetadata;
 use encore_proto::inference::repository_index_response::ModelIndex;
 use encore_proto::inference::*;
-use tch::{CModule, IValue, Tensor};
 use tonic::{Request, Response, Status};
-use tracing::{info, instrument};
+use tracing::instrument;
 
+use crate::contract::{Contract, DEFAULT_K, MAX_K};
 use crate::error::{Error, Result};
-use crate::metrics::ServerMetrics;
-use crate::registry::{Manifest, Registry};
-use crate::tensor::{decode_input, encode_output};
-
-/// One model version in memory.
-pub struct LoadedModel {
-    /// Its manifest.
-    pub manifest: Manifest,
-    // libtorch modules are not safe to run from several threads at once.
-    module: Mutex<CModule>,
-}
-
-impl LoadedModel {
-    /// Loads `model.pt` and the manifest of one registry version (on CPU, or CUDA when present).
-    pub fn load(registry: &Registry, name: &str, version: u64) -> Result<Self> {
-        let manifest = registry.manifest(name, version)?;
-        let path = registry.version_dir(name, version).join("model.pt");
-        let module =
-            CModule::load_on_device(&path, encore_models::default_device()).map_err(|source| {
-                Error::Torch {
-                    model: format!("{name}:{version}"),
-                    source,
-                }
-            })?;
-        Ok(Self {
-            manifest,
-            module: Mutex::new(module),
-        })
-    }
-
-    /// Runs `forward` on `inputs` (in manifest order); one tensor per manifest output.
-    pub fn forward(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
-        let device = encore_models::default_device();
-        let args: Vec<IValue> = inputs
-            .into_iter()
-            .map(|t| IValue::Tensor(t.to_device(device)))
-            .collect();
-        let module = self
-            .module
-            .lock()
-            .map_err(|_| Error::Internal("a previous inference panicked".into()))?;
-        let torch = |source| Error::Torch {
-            model: format!("{}:{}", self.manifest.name, self.manifest.version),
-            source,
-        };
-        let output = tch::no_grad(|| module.forward_is(&args)).map_err(torch)?;
-        let tensors = match output {
-            IValue::Tensor(t) => vec![t],
-            IValue::Tuple(values) | IValue::GenericList(values) => values
-                .into_iter()
-                .map(|v| match v {
-                    IValue::Tensor(t) => Ok(t),
-                    other => Err(Error::Internal(format!(
-                        "model returned a {other:?} where a tensor was expected"
-                    ))),
-                })
-                .collect::<Result<_>>()?,
-            IValue::TensorList(values) => values,
-            other => {
-                return Err(Error::Internal(format!(
-                    "model returned {other:?}, expected tensors"
-                )));
-            }
-        };
-        if tensors.len() != self.manifest.outputs.len() {
-            return Err(Error::Internal(format!(
-                "model returned {} tensors, its manifest lists {} outputs",
-                tensors.len(),
-                self.manifest.outputs.len()
-            )));
-        }
-        Ok(tensors)
-    }
-}
-
-/// The models being served, by name.
-pub struct ModelStore {
-    registry: Registry,
-    loaded: RwLock<HashMap<String, Arc<LoadedModel>>>,
-    metrics: Arc<ServerMetrics>,
-}
-
-impl ModelStore {
-    /// An empty store over `registry`.
-    pub fn new(registry: Registry, metrics: Arc<ServerMetrics>) -> Self {
-        Self {
-            registry,
-            loaded: RwLock::default(),
-            metrics,
-        }
-    }
-
-    /// True once at least one model is loaded.
-    pub fn is_ready(&self) -> bool {
-        !self.read().is_empty()
-    }
-
-    /// Loads (or reloads) `name` at the version `selector` resolves to.
-    pub fn load(&self, name: &str, selector: &str) -> Result<Arc<LoadedModel>> {
-        let started = Instant::now();
-        let loaded = self
-            .registry
-            .resolve(name, selector)
-            .and_then(|version| Ok((version, LoadedModel::load(&self.registry, name, version)?)));
-        let (version, model) = match loaded {
-            Ok(loaded) => loaded,
-            Err(e) => {
-                // Only models that exist get a label: the set stays bounded.
-                if !matches!(e, Error::NotFound(_)) {
-                    self.metrics.load_failures.with_label_values(&[name]).inc();
-                }
-                return Err(e);
-            }
-        };
-        self.metrics
-            .load_duration
-            .with_label_values(&[name])
-            .observe(started.elapsed().as_secs_f64());
-        // The failure series exists from the first load, so rates work at 0.
-        self.metrics.load_failures.with_label_values(&[name]);
-        let model = Arc::new(model);
-        info!(model = name, version, "model loaded");
-        let mut loaded = self.write();
-        loaded.insert(name.to_owned(), model.clone());
-        self.metrics.loaded_models.set(loaded.len() as i64);
-        Ok(model)
-    }
-
-    /// Stops serving `name`; false if it was not loaded.
-    pub fn unload(&self, name: &str) -> bool {
-        let mut loaded = self.write();
-        let removed = loaded.remove(name).is_some();
-        self.metrics.loaded_models.set(loaded.len() as i64);
-        removed
-    }
-
-    /// The loaded model `name`, checked against a requested version ("" = any).
-    pub fn get(&self, name: &str, version: &str) -> Result<Arc<LoadedModel>> {
-        let model = self
-            .read()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::NotFound(format!("model '{name}' is not loaded")))?;
-        if !version.is_empty() && version != model.manifest.version.to_string() {
-            return Err(Error::NotFound(format!(
-                "version {version} of model '{name}' is not loaded (serving version {})",
-                model.manifest.version
-            )));
-        }
-        Ok(model)
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<LoadedModel>>> {
-        self.loaded.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<LoadedModel>>> {
-        self.loaded.write().unwrap_or_else(|p| p.into_inner())
-    }
-}
+use crate::model::{RecommendQuery, ServedModel};
+use crate::registry::TensorSpec;
+use crate::request::{anonymous_routing_key, deadline, shadow, unique_batch_key};
+use crate::store::ModelStore;
+use crate::tensor::{Values, decode_input, decode_values, encode_output, encode_values};
 
 /// The KServe v2 gRPC service.
 pub struct KserveService {
@@ -187,7 +34,7 @@ impl KserveService {
     }
 }
 
-fn tensor_metadata(specs: &[crate::registry::TensorSpec]) -> Vec<TensorMetadata> {
+fn tensor_metadata(specs: &[TensorSpec]) -> Vec<TensorMetadata> {
     specs
         .iter()
         .map(|s| TensorMetadata {
@@ -198,88 +45,354 @@ fn tensor_metadata(specs: &[crate::registry::TensorSpec]) -> Vec<TensorMetadata>
         .collect()
 }
 
-fn infer(store: &ModelStore, request: ModelInferRequest) -> Result<ModelInferResponse> {
-    let model = store.get(&request.model_name, &request.model_version)?;
-    let manifest = &model.manifest;
-    if !request.raw_input_contents.is_empty()
-        && request.raw_input_contents.len() != request.inputs.len()
-    {
-        return Err(Error::InvalidArgument(format!(
-            "{} raw_input_contents for {} inputs",
-            request.raw_input_contents.len(),
-            request.inputs.len()
-        )));
-    }
-    for input in &request.inputs {
-        if !manifest.inputs.iter().any(|s| s.name == input.name) {
-            let expected: Vec<&str> = manifest.inputs.iter().map(|s| s.name.as_str()).collect();
-            return Err(Error::InvalidArgument(format!(
-                "unknown input '{}' for model '{}' (inputs: {expected:?})",
-                input.name, manifest.name
+fn invalid(message: String) -> Error {
+    Error::InvalidArgument(message)
+}
+
+/// The request's inputs by name, checked against the served contract.
+struct Inputs<'a> {
+    request: &'a ModelInferRequest,
+    specs: Vec<TensorSpec>,
+}
+
+impl<'a> Inputs<'a> {
+    fn new(request: &'a ModelInferRequest, specs: Vec<TensorSpec>, model: &str) -> Result<Self> {
+        if !request.raw_input_contents.is_empty()
+            && request.raw_input_contents.len() != request.inputs.len()
+        {
+            return Err(invalid(format!(
+                "{} raw_input_contents for {} inputs",
+                request.raw_input_contents.len(),
+                request.inputs.len()
             )));
         }
+        let mut seen = HashSet::new();
+        for input in &request.inputs {
+            if !specs.iter().any(|s| s.name == input.name) {
+                let expected: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+                return Err(invalid(format!(
+                    "unknown input '{}' for model '{model}' (inputs: {expected:?})",
+                    input.name
+                )));
+            }
+            if !seen.insert(input.name.as_str()) {
+                return Err(invalid(format!("input '{}' is given twice", input.name)));
+            }
+        }
+        Ok(Self { request, specs })
     }
-    let mut tensors = Vec::with_capacity(manifest.inputs.len());
-    for spec in &manifest.inputs {
-        let position = request
-            .inputs
+
+    fn position(&self, name: &str) -> Option<usize> {
+        self.request.inputs.iter().position(|i| i.name == name)
+    }
+
+    fn spec(&self, name: &str) -> Result<&TensorSpec> {
+        self.specs
             .iter()
-            .position(|i| i.name == spec.name)
-            .ok_or_else(|| Error::InvalidArgument(format!("missing input '{}'", spec.name)))?;
-        let raw = request.raw_input_contents.get(position).map(Vec::as_slice);
-        tensors.push(decode_input(spec, &request.inputs[position], raw)?);
+            .find(|s| s.name == name)
+            .ok_or_else(|| Error::Internal(format!("contract lacks input '{name}'")))
     }
-    let batch = tensors
+
+    fn raw(&self, position: usize) -> Option<&[u8]> {
+        self.request
+            .raw_input_contents
+            .get(position)
+            .map(Vec::as_slice)
+    }
+
+    /// The decoded values of `name`, or None if the request lacks it.
+    fn values(&self, name: &str) -> Result<Option<Values>> {
+        let Some(position) = self.position(name) else {
+            return Ok(None);
+        };
+        let spec = self.spec(name)?;
+        decode_values(spec, &self.request.inputs[position], self.raw(position)).map(Some)
+    }
+
+    fn input(&self, name: &str) -> Result<&InferInputTensor> {
+        self.position(name)
+            .map(|p| &self.request.inputs[p])
+            .ok_or_else(|| invalid(format!("missing input '{name}'")))
+    }
+}
+
+fn user_ids(values: Option<Values>) -> Result<Option<Vec<i64>>> {
+    match values {
+        Some(Values::I64(ids)) => Ok(Some(ids)),
+        None => Ok(None),
+        Some(_) => Err(Error::Internal(
+            "user_id decoded with the wrong type".into(),
+        )),
+    }
+}
+
+/// The routing key of a request: its first user id, when it has one.
+fn routing_key(request: &ModelInferRequest) -> u64 {
+    let spec = TensorSpec {
+        name: "user_id".into(),
+        dtype: "INT64".into(),
+        shape: vec![-1],
+    };
+    request
+        .inputs
         .iter()
-        .map(|t| t.size().first().copied())
-        .collect::<Vec<_>>();
-    if batch.windows(2).any(|w| w[0] != w[1]) {
-        return Err(Error::InvalidArgument(format!(
-            "inputs disagree on the batch size (first dimensions {batch:?})"
-        )));
+        .position(|i| i.name == "user_id")
+        .and_then(|p| {
+            let raw = request.raw_input_contents.get(p).map(Vec::as_slice);
+            match decode_values(&spec, &request.inputs[p], raw) {
+                Ok(Values::I64(ids)) => ids.first().map(|id| *id as u64),
+                _ => None,
+            }
+        })
+        .unwrap_or_else(anonymous_routing_key)
+}
+
+/// Per-row values of an optional [N] input, or one value broadcast to N rows.
+fn per_row<T: Clone>(name: &str, values: Vec<T>, n: usize, default: T) -> Result<Vec<T>> {
+    match values.len() {
+        0 => Ok(vec![default; n]),
+        1 => Ok(vec![values[0].clone(); n]),
+        len if len == n => Ok(values),
+        len => Err(invalid(format!(
+            "input '{name}' has {len} values for {n} users (give 1 or {n})"
+        ))),
     }
+}
+
+/// Output tensors of a response, before selection.
+type Outputs = Vec<(TensorSpec, Vec<i64>, Values)>;
+
+async fn infer_churn(
+    model: &Arc<ServedModel>,
+    inputs: &Inputs<'_>,
+    deadline: Option<Instant>,
+    shadow_model: Option<(Arc<ServedModel>, Arc<crate::metrics::ServerMetrics>)>,
+) -> Result<Outputs> {
+    let ids = user_ids(inputs.values("user_id")?)?;
+    let features = inputs.values("features")?;
+    let (probabilities, fallback) = match (ids, features) {
+        (Some(ids), None) => {
+            if let Some((s, metrics)) = shadow_model {
+                let ids = ids.clone();
+                shadow(metrics, s.manifest.name.clone(), async move {
+                    s.churn(&ids, None).await
+                });
+            }
+            let scores = model.churn(&ids, deadline).await?;
+            (scores.horizons, scores.fallback)
+        }
+        (None, Some(Values::F32(features))) => {
+            let n = inputs.input("features")?.shape[0] as usize;
+            if let Some((s, metrics)) = shadow_model {
+                let f = features.clone();
+                shadow(metrics, s.manifest.name.clone(), async move {
+                    s.churn_features(f, n, None).await
+                });
+            }
+            (
+                model.churn_features(features, n, deadline).await?,
+                vec![false; n],
+            )
+        }
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "give either 'user_id' or 'features', not both".into(),
+            ));
+        }
+        _ => return Err(invalid("missing input: 'user_id' or 'features'".into())),
+    };
+    let n = fallback.len() as i64;
+    let Contract::Churn { longest, .. } = model.contract else {
+        return Err(Error::Internal("not a churn model".into()));
+    };
+    let tiers: Vec<Vec<u8>> = probabilities[longest]
+        .iter()
+        .map(|p| model.manifest.risk_tiers.tier(*p).as_bytes().to_vec())
+        .collect();
+    let specs = model.contract.outputs(&model.manifest);
+    let mut values: Vec<Values> = probabilities.into_iter().map(Values::F32).collect();
+    values.push(Values::Bytes(tiers));
+    values.push(Values::Bool(fallback));
+    Ok(specs
+        .into_iter()
+        .zip(values)
+        .map(|(spec, v)| (spec, vec![n], v))
+        .collect())
+}
+
+async fn infer_recommend(
+    model: &Arc<ServedModel>,
+    inputs: &Inputs<'_>,
+    deadline: Option<Instant>,
+    shadow_model: Option<(Arc<ServedModel>, Arc<crate::metrics::ServerMetrics>)>,
+) -> Result<Outputs> {
+    let ids = user_ids(inputs.values("user_id")?)?
+        .ok_or_else(|| invalid("missing input 'user_id'".into()))?;
+    let n = ids.len();
+    let k = match inputs.values("k")? {
+        Some(Values::I32(k)) => k[0],
+        _ => DEFAULT_K as i32,
+    };
+    if k < 1 || k as usize > MAX_K {
+        return Err(invalid(format!("input 'k' must be 1 to {MAX_K}, got {k}")));
+    }
+    let k = k as usize;
+    let hours = match inputs.values("hour")? {
+        Some(Values::I32(h)) => per_row("hour", h, n, -1)?,
+        _ => vec![-1; n],
+    };
+    let devices: Vec<String> = match inputs.values("device")? {
+        Some(Values::Bytes(d)) => per_row("device", d, n, Vec::new())?
+            .into_iter()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .collect(),
+        _ => vec![String::new(); n],
+    };
+    let none = HashSet::new();
+    let queries: Vec<RecommendQuery> = (0..n)
+        .map(|i| RecommendQuery {
+            user_id: ids[i],
+            hour: hours[i],
+            device: &devices[i],
+            exclude: &none,
+        })
+        .collect();
+    if let Some((s, metrics)) = shadow_model {
+        let (ids, hours, devices) = (ids.clone(), hours.clone(), devices.clone());
+        shadow(metrics, s.manifest.name.clone(), async move {
+            let none = HashSet::new();
+            let queries: Vec<RecommendQuery> = (0..ids.len())
+                .map(|i| RecommendQuery {
+                    user_id: ids[i],
+                    hour: hours[i],
+                    device: &devices[i],
+                    exclude: &none,
+                })
+                .collect();
+            s.recommend(&queries, k, None).await
+        });
+    }
+    let recs = model.recommend(&queries, k, deadline).await?;
+    let mut items = Vec::with_capacity(n * k);
+    let mut scores = Vec::with_capacity(n * k);
+    for r in &recs {
+        for j in 0..k {
+            let (item, score) = r.items.get(j).copied().unwrap_or((-1, f32::NAN));
+            items.push(item);
+            scores.push(score);
+        }
+    }
+    let specs = model.contract.outputs(&model.manifest);
+    let shape = vec![n as i64, k as i64];
+    let values = vec![
+        (shape.clone(), Values::I64(items)),
+        (shape, Values::F32(scores)),
+        (
+            vec![n as i64],
+            Values::Bool(recs.iter().map(|r| r.fallback).collect()),
+        ),
+    ];
+    Ok(specs
+        .into_iter()
+        .zip(values)
+        .map(|(spec, (shape, v))| (spec, shape, v))
+        .collect())
+}
+
+/// Encodes the wanted outputs of a contract response.
+fn respond(outputs: Outputs, wanted: &[&str], response: &mut ModelInferResponse) {
+    for (spec, shape, values) in outputs {
+        if wanted.is_empty() || wanted.contains(&spec.name.as_str()) {
+            let (output, raw) = encode_values(&spec.name, shape, &values);
+            response.outputs.push(output);
+            response.raw_output_contents.push(raw);
+        }
+    }
+}
+
+async fn infer(
+    store: &ModelStore,
+    request: ModelInferRequest,
+    deadline: Option<Instant>,
+    served: &mut (String, String),
+) -> Result<ModelInferResponse> {
+    let deployment = store.deployment(&request.model_name)?;
+    let selection = deployment.select(
+        &request.model_version,
+        routing_key(&request),
+        &store.registry,
+    )?;
+    let model = selection.model;
+    *served = (model.manifest.version.to_string(), selection.variant);
+    let manifest = &model.manifest;
+    let inputs = Inputs::new(&request, model.contract.inputs(manifest), &manifest.name)?;
+    let outputs = model.contract.outputs(manifest);
     let wanted: Vec<&str> = request.outputs.iter().map(|o| o.name.as_str()).collect();
     for name in &wanted {
-        if !manifest.outputs.iter().any(|s| s.name == *name) {
-            return Err(Error::InvalidArgument(format!(
-                "unknown output '{name}' for model '{}'",
+        if !outputs.iter().any(|s| s.name == *name) {
+            let names: Vec<&str> = outputs.iter().map(|s| s.name.as_str()).collect();
+            return Err(invalid(format!(
+                "unknown output '{name}' for model '{}' (outputs: {names:?})",
                 manifest.name
             )));
         }
     }
-    let rows = batch.first().copied().flatten().unwrap_or(1).max(0);
-    let labels = [manifest.name.as_str()];
-    store
-        .metrics
-        .batch_size
-        .with_label_values(&labels)
-        .observe(rows as f64);
-    let started = Instant::now();
-    let outputs = model.forward(tensors);
-    store
-        .metrics
-        .inference_duration
-        .with_label_values(&labels)
-        .observe(started.elapsed().as_secs_f64());
-    let version = manifest.version.to_string();
-    let outcome = if outputs.is_ok() { "ok" } else { "error" };
-    store
-        .metrics
-        .inferences
-        .with_label_values(&[manifest.name.as_str(), version.as_str(), outcome])
-        .inc();
-    let outputs = outputs?;
+    let shadow_model = selection.shadow.map(|s| (s, store.metrics().clone()));
     let mut response = ModelInferResponse {
         model_name: manifest.name.clone(),
         model_version: manifest.version.to_string(),
-        id: request.id,
+        id: request.id.clone(),
         ..Default::default()
     };
-    for (spec, tensor) in manifest.outputs.iter().zip(&outputs) {
-        if wanted.is_empty() || wanted.contains(&spec.name.as_str()) {
-            let (output, raw) = encode_output(spec, tensor)?;
-            response.outputs.push(output);
-            response.raw_output_contents.push(raw);
+    match model.contract {
+        Contract::Churn { .. } => {
+            let outputs = infer_churn(&model, &inputs, deadline, shadow_model).await?;
+            respond(outputs, &wanted, &mut response);
+        }
+        Contract::Recommend { .. } => {
+            let outputs = infer_recommend(&model, &inputs, deadline, shadow_model).await?;
+            respond(outputs, &wanted, &mut response);
+        }
+        Contract::Generic => {
+            let mut tensors = Vec::with_capacity(manifest.inputs.len());
+            let mut batch = None;
+            let mut shared = false;
+            for spec in &manifest.inputs {
+                let position = inputs
+                    .position(&spec.name)
+                    .ok_or_else(|| invalid(format!("missing input '{}'", spec.name)))?;
+                let input = &request.inputs[position];
+                let tensor = decode_input(spec, input, inputs.raw(position))?;
+                if spec.shape.first() == Some(&-1) {
+                    let rows = input.shape[0];
+                    if batch.is_some_and(|b| b != rows) {
+                        return Err(invalid(format!(
+                            "inputs disagree on the batch size: '{}' has {rows} rows, an earlier input {}",
+                            spec.name,
+                            batch.unwrap_or_default()
+                        )));
+                    }
+                    batch = Some(rows);
+                } else {
+                    shared = true;
+                }
+                tensors.push(tensor);
+            }
+            let key = if shared { unique_batch_key() } else { 0 };
+            if let Some((s, metrics)) = shadow_model {
+                let copy: Vec<tch::Tensor> = tensors.iter().map(|t| t.copy()).collect();
+                shadow(metrics, s.manifest.name.clone(), async move {
+                    s.run(copy, key, None).await
+                });
+            }
+            let results = model.run(tensors, key, deadline).await?;
+            for (spec, tensor) in manifest.outputs.iter().zip(&results) {
+                if wanted.is_empty() || wanted.contains(&spec.name.as_str()) {
+                    let (output, raw) = encode_output(spec, tensor)?;
+                    response.outputs.push(output);
+                    response.raw_output_contents.push(raw);
+                }
+            }
         }
     }
     Ok(response)
@@ -307,7 +420,11 @@ impl GrpcInferenceService for KserveService {
         request: Request<ModelReadyRequest>,
     ) -> Result<Response<ModelReadyResponse>, Status> {
         let r = request.into_inner();
-        let ready = self.store.get(&r.name, &r.version).is_ok();
+        let ready = self
+            .store
+            .deployment(&r.name)
+            .and_then(|d| d.select(&r.version, 0, &self.store.registry))
+            .is_ok();
         Ok(Response::new(ModelReadyResponse { ready }))
     }
 
@@ -327,28 +444,48 @@ impl GrpcInferenceService for KserveService {
         request: Request<ModelMetadataRequest>,
     ) -> Result<Response<ModelMetadataResponse>, Status> {
         let r = request.into_inner();
-        let model = self.store.get(&r.name, &r.version)?;
+        let deployment = self.store.deployment(&r.name)?;
+        let model = deployment
+            .select(&r.version, 0, &self.store.registry)?
+            .model;
         let m = &model.manifest;
+        let mut versions: Vec<String> = deployment
+            .versions()
+            .iter()
+            .map(|v| v.manifest.version.to_string())
+            .collect();
+        versions.dedup();
         Ok(Response::new(ModelMetadataResponse {
             name: m.name.clone(),
-            versions: vec![m.version.to_string()],
+            versions,
             platform: "pytorch_libtorch".into(),
-            inputs: tensor_metadata(&m.inputs),
-            outputs: tensor_metadata(&m.outputs),
+            inputs: tensor_metadata(&model.contract.inputs(m)),
+            outputs: tensor_metadata(&model.contract.outputs(m)),
         }))
     }
 
-    #[instrument(skip_all, fields(model = %request.get_ref().model_name))]
+    #[instrument(skip_all, fields(model = %request.get_ref().model_name, version = %request.get_ref().model_version))]
     async fn model_infer(
         &self,
         request: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
-        let store = self.store.clone();
+        let deadline = deadline(request.metadata())?;
         let request = request.into_inner();
-        let response = tokio::task::spawn_blocking(move || infer(&store, request))
-            .await
-            .map_err(|e| Status::internal(format!("inference worker: {e}")))??;
-        Ok(Response::new(response))
+        // Per-model metrics only for loaded models: the label set stays bounded.
+        let timer = self.store.deployment(&request.model_name).ok().map(|_| {
+            self.store
+                .metrics()
+                .request(&request.model_name, "ModelInfer")
+        });
+        let mut served = (String::new(), String::new());
+        let result = infer(&self.store, request, deadline, &mut served).await;
+        if let Some(timer) = timer {
+            let code = result
+                .as_ref()
+                .map_or_else(Error::code, |_| tonic::Code::Ok);
+            timer.finish(&served.0, &served.1, code);
+        }
+        Ok(Response::new(result?))
     }
 
     async fn repository_index(
@@ -356,19 +493,26 @@ impl GrpcInferenceService for KserveService {
         _: Request<RepositoryIndexRequest>,
     ) -> Result<Response<RepositoryIndexResponse>, Status> {
         let mut models = Vec::new();
+        let loaded: HashMap<String, String> = self
+            .store
+            .names()
+            .into_iter()
+            .filter_map(|name| {
+                let d = self.store.deployment(&name).ok()?;
+                let v = d.select("", 0, &self.store.registry).ok()?;
+                Some((name, v.model.manifest.version.to_string()))
+            })
+            .collect();
         for name in self.store.registry.models()? {
-            let loaded = self.store.get(&name, "").ok();
+            let version = loaded.get(&name).cloned();
             models.push(ModelIndex {
-                version: loaded
-                    .as_ref()
-                    .map(|m| m.manifest.version.to_string())
-                    .unwrap_or_default(),
-                state: if loaded.is_some() {
+                state: if version.is_some() {
                     "READY"
                 } else {
                     "UNAVAILABLE"
                 }
                 .into(),
+                version: version.unwrap_or_default(),
                 reason: String::new(),
                 name,
             });
@@ -382,7 +526,7 @@ impl GrpcInferenceService for KserveService {
     ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
         let name = request.into_inner().model_name;
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.load(&name, ""))
+        tokio::task::spawn_blocking(move || store.load(&name))
             .await
             .map_err(|e| Status::internal(format!("model loader: {e}")))??;
         Ok(Response::new(RepositoryModelLoadResponse {}))

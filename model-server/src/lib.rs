@@ -6,15 +6,26 @@
 //! It needs no Rust model code: any TorchScript module with an Encore
 //! manifest is served, whether exported by Encore's trainer or by Python.
 //! gRPC and HTTP (`/metrics`, `/healthz`, `/readyz`) share one port.
-//! Dynamic batching, the typed `encore.v1.Scoring` API, Arrow Flight, A/B
-//! splits and hot reload build on this crate.
+//!
+//! A request flows: front end (`kserve`, `scoring`) → `store` (deployment,
+//! A/B route, shadow) → `model` (contract: snapshot lookup, fallbacks) →
+//! `batcher` (dynamic batching on model instances) → TorchScript.
 
+pub mod batcher;
+pub mod contract;
 pub mod error;
 pub mod kserve;
 pub mod metrics;
+pub mod model;
 pub mod registry;
+pub mod request;
+pub mod scoring;
 mod server;
+pub mod snapshot;
+pub mod store;
 pub mod tensor;
 
+pub use batcher::BatchConfig;
 pub use error::{Error, Result};
 pub use server::{ModelServerConfig, ModelServerHandle, start_model_server};
+pub use store::Split;

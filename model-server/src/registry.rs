@@ -24,9 +24,70 @@ pub struct TensorSpec {
     pub shape: Vec<i64>,
 }
 
+/// One feature column of the online snapshot: a bare name, or an object with
+/// a `name` and details (normalisation, description) the server keeps as is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Feature {
+    /// Just the column name.
+    Name(String),
+    /// The column name and what the trainer recorded about it.
+    Described {
+        /// Column name in `online/users*.parquet`.
+        name: String,
+        /// Everything else (mean, std, description, ...).
+        #[serde(flatten)]
+        details: BTreeMap<String, serde_json::Value>,
+    },
+}
+
+impl Feature {
+    /// The snapshot column name.
+    pub fn name(&self) -> &str {
+        match self {
+            Feature::Name(name) | Feature::Described { name, .. } => name,
+        }
+    }
+}
+
+/// Churn-probability thresholds of the risk tiers (on the longest horizon).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RiskTiers {
+    /// At or above: `high`.
+    pub high: f32,
+    /// At or above (and below `high`): `medium`; below: `low`.
+    pub medium: f32,
+}
+
+impl Default for RiskTiers {
+    fn default() -> Self {
+        Self {
+            high: 0.7,
+            medium: 0.3,
+        }
+    }
+}
+
+impl RiskTiers {
+    /// The tier name of probability `p`: `high`, `medium` or `low`.
+    pub fn tier(&self, p: f32) -> &'static str {
+        if p >= self.high {
+            "high"
+        } else if p >= self.medium {
+            "medium"
+        } else {
+            "low"
+        }
+    }
+}
+
 /// What the registry says about one model version (`manifest.json`). Fields
-/// beyond these (features, metrics, training job, ...) are kept but not
+/// beyond these (metrics, training job, data, cutoff, ...) are kept but not
 /// needed for serving.
+///
+/// `inputs` and `outputs` describe the TorchScript `forward`; for the `churn`
+/// and `recommend` kinds the server wraps them in the contracts of DESIGN.md
+/// (see [`crate::contract`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     /// Model name.
@@ -40,6 +101,23 @@ pub struct Manifest {
     pub inputs: Vec<TensorSpec>,
     /// Outputs, in the order `forward` returns them (a tuple for several).
     pub outputs: Vec<TensorSpec>,
+    /// Snapshot columns the feature input takes, in order (churn and recommend kinds).
+    #[serde(default)]
+    pub features: Vec<Feature>,
+    /// Population prior per output (e.g. `churn_30d` → training base rate),
+    /// served for users missing from the snapshot.
+    #[serde(default)]
+    pub prior: BTreeMap<String, f32>,
+    /// Risk tier thresholds (churn kind).
+    #[serde(default)]
+    pub risk_tiers: RiskTiers,
+    /// Device vocabulary of the recommend kind: device `devices[i]` is passed
+    /// to the model as `i + 1`; 0 means unknown.
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// Number of items the recommend model ranks (caps `k`).
+    #[serde(default)]
+    pub catalogue_size: Option<i64>,
     /// Everything else in the manifest.
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,

@@ -5,17 +5,21 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use encore_common::process::ServerTask;
+use encore_proto::encore::v1::scoring_server::ScoringServer;
 use encore_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use tonic::service::RoutesBuilder;
 use tracing::info;
 
+use crate::batcher::BatchConfig;
 use crate::error::{Error, Result};
-use crate::kserve::{KserveService, ModelStore};
+use crate::kserve::KserveService;
 use crate::metrics::ServerMetrics;
 use crate::registry::Registry;
+use crate::scoring::ScoringService;
+use crate::store::{ModelStore, Split, StoreConfig};
 
 /// Everything the model server needs to start.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModelServerConfig {
     /// Registry root folder.
     pub registry: PathBuf,
@@ -28,6 +32,14 @@ pub struct ModelServerConfig {
     pub bind_port: u16,
     /// Largest gRPC message accepted or sent.
     pub grpc_max_message_bytes: usize,
+    /// Dynamic batching and model instances per loaded version.
+    pub batch: BatchConfig,
+    /// A/B splits by model name.
+    pub splits: std::collections::HashMap<String, Split>,
+    /// How often aliases are re-read to swap versions; zero turns polling off.
+    pub poll_interval: std::time::Duration,
+    /// libtorch intra-op threads per model instance (0 keeps libtorch's default).
+    pub torch_threads: usize,
 }
 
 impl Default for ModelServerConfig {
@@ -38,6 +50,10 @@ impl Default for ModelServerConfig {
             bind_host: "127.0.0.1".into(),
             bind_port: 8001,
             grpc_max_message_bytes: 64 * 1024 * 1024,
+            batch: BatchConfig::default(),
+            splits: Default::default(),
+            poll_interval: std::time::Duration::from_secs(5),
+            torch_threads: 1,
         }
     }
 }
@@ -95,7 +111,18 @@ pub async fn start_model_server(config: ModelServerConfig) -> Result<ModelServer
     let registry = Registry::new(&config.registry);
     let metrics =
         Arc::new(ServerMetrics::new().map_err(|e| Error::Internal(format!("metrics: {e}")))?);
-    let store = Arc::new(ModelStore::new(registry.clone(), metrics.clone()));
+    if config.torch_threads > 0 {
+        tch::set_num_threads(config.torch_threads as i32);
+    }
+    let store = Arc::new(ModelStore::new(
+        registry.clone(),
+        StoreConfig {
+            batch: config.batch,
+            splits: config.splits.clone(),
+            device: encore_models::default_device(),
+        },
+        metrics.clone(),
+    ));
     let models = if config.models.is_empty() {
         registry.models()?
     } else {
@@ -104,18 +131,27 @@ pub async fn start_model_server(config: ModelServerConfig) -> Result<ModelServer
     for name in &models {
         let store = store.clone();
         let name = name.clone();
-        tokio::task::spawn_blocking(move || store.load(&name, ""))
+        tokio::task::spawn_blocking(move || store.load(&name))
             .await
             .map_err(|e| Error::Internal(format!("model loader: {e}")))??;
     }
 
     let (listener, addr) =
         encore_common::process::bind(&config.bind_host, config.bind_port).await?;
-    let service = GrpcInferenceServiceServer::new(KserveService::new(store.clone()))
-        .max_decoding_message_size(config.grpc_max_message_bytes)
-        .max_encoding_message_size(config.grpc_max_message_bytes);
+    let limit = config.grpc_max_message_bytes;
     let mut grpc = RoutesBuilder::default();
-    grpc.add_service(service);
+    grpc.add_service(
+        GrpcInferenceServiceServer::new(KserveService::new(store.clone()))
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit),
+    );
+    grpc.add_service(
+        ScoringServer::new(ScoringService::new(store.clone()))
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit),
+    );
+    let poller =
+        (!config.poll_interval.is_zero()).then(|| store.spawn_poller(config.poll_interval));
     let app = grpc
         .routes()
         .into_axum_router()
@@ -127,10 +163,14 @@ pub async fn start_model_server(config: ModelServerConfig) -> Result<ModelServer
     info!(%addr, models = ?models, "encore model server listening");
 
     let server = ServerTask::spawn(|stop| async move {
-        axum::serve(listener, app)
+        let served = axum::serve(listener, app)
             .with_graceful_shutdown(stop)
             .await
-            .map_err(|e| Error::Internal(format!("server: {e}")))
+            .map_err(|e| Error::Internal(format!("server: {e}")));
+        if let Some(poller) = poller {
+            poller.abort();
+        }
+        served
     });
     Ok(ModelServerHandle { addr, server })
 }

@@ -84,12 +84,55 @@ fn check_finite(name: &str, values: impl IntoIterator<Item = f64>) -> Result<()>
     }
 }
 
-/// Builds the libtorch tensor for `input` as the model's `spec` describes it.
-pub fn decode_input(
+/// Decoded values of one input tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Values {
+    /// FP32.
+    F32(Vec<f32>),
+    /// FP64.
+    F64(Vec<f64>),
+    /// INT64.
+    I64(Vec<i64>),
+    /// INT32.
+    I32(Vec<i32>),
+    /// BOOL.
+    Bool(Vec<bool>),
+    /// BYTES: one byte string per element.
+    Bytes(Vec<Vec<u8>>),
+}
+
+fn split_bytes(name: &str, raw: &[u8], count: usize) -> Result<Vec<Vec<u8>>> {
+    let mut out = Vec::with_capacity(count);
+    let mut rest = raw;
+    while !rest.is_empty() {
+        let Some((len, tail)) = rest.split_first_chunk::<4>() else {
+            return Err(invalid(format!(
+                "input '{name}': BYTES element {} has a truncated 4-byte length prefix",
+                out.len()
+            )));
+        };
+        let len = u32::from_le_bytes(*len) as usize;
+        if tail.len() < len {
+            return Err(invalid(format!(
+                "input '{name}': BYTES element {} claims {len} bytes, {} remain",
+                out.len(),
+                tail.len()
+            )));
+        }
+        out.push(tail[..len].to_vec());
+        rest = &tail[len..];
+    }
+    check_len(name, out.len(), count)?;
+    Ok(out)
+}
+
+/// Decodes `input` as the model's `spec` describes it: datatype, shape
+/// (`-1` dimensions free), element count, and no NaN or infinity.
+pub fn decode_values(
     spec: &TensorSpec,
     input: &InferInputTensor,
     raw: Option<&[u8]>,
-) -> Result<Tensor> {
+) -> Result<Values> {
     let name = &spec.name;
     if input.datatype != spec.dtype {
         return Err(invalid(format!(
@@ -99,7 +142,7 @@ pub fn decode_input(
     }
     let count = element_count(spec, &input.shape)?;
     let contents = input.contents.as_ref();
-    let tensor = match spec.dtype.as_str() {
+    let values = match spec.dtype.as_str() {
         "FP32" => {
             let values = match raw {
                 Some(raw) => from_le(name, raw, count, f32::from_le_bytes)?,
@@ -109,7 +152,7 @@ pub fn decode_input(
             };
             check_len(name, values.len(), count)?;
             check_finite(name, values.iter().map(|v| f64::from(*v)))?;
-            Tensor::from_slice(&values)
+            Values::F32(values)
         }
         "FP64" => {
             let values = match raw {
@@ -120,7 +163,7 @@ pub fn decode_input(
             };
             check_len(name, values.len(), count)?;
             check_finite(name, values.iter().copied())?;
-            Tensor::from_slice(&values)
+            Values::F64(values)
         }
         "INT64" => {
             let values = match raw {
@@ -130,7 +173,7 @@ pub fn decode_input(
                     .unwrap_or_default(),
             };
             check_len(name, values.len(), count)?;
-            Tensor::from_slice(&values)
+            Values::I64(values)
         }
         "INT32" => {
             let values = match raw {
@@ -138,15 +181,84 @@ pub fn decode_input(
                 None => contents.map(|c| c.int_contents.clone()).unwrap_or_default(),
             };
             check_len(name, values.len(), count)?;
-            Tensor::from_slice(&values)
+            Values::I32(values)
+        }
+        "BOOL" => {
+            let values = match raw {
+                Some(raw) => from_le(name, raw, count, |[b]: [u8; 1]| b != 0)?,
+                None => contents
+                    .map(|c| c.bool_contents.clone())
+                    .unwrap_or_default(),
+            };
+            check_len(name, values.len(), count)?;
+            Values::Bool(values)
+        }
+        "BYTES" => {
+            let values = match raw {
+                Some(raw) => split_bytes(name, raw, count)?,
+                None => contents
+                    .map(|c| c.bytes_contents.clone())
+                    .unwrap_or_default(),
+            };
+            check_len(name, values.len(), count)?;
+            Values::Bytes(values)
         }
         other => {
             return Err(invalid(format!(
-                "input '{name}': datatype {other} is not supported yet"
+                "input '{name}': datatype {other} is not supported"
+            )));
+        }
+    };
+    Ok(values)
+}
+
+/// Builds the libtorch tensor for a numeric `input` as the model's `spec` describes it.
+pub fn decode_input(
+    spec: &TensorSpec,
+    input: &InferInputTensor,
+    raw: Option<&[u8]>,
+) -> Result<Tensor> {
+    let tensor = match decode_values(spec, input, raw)? {
+        Values::F32(v) => Tensor::from_slice(&v),
+        Values::F64(v) => Tensor::from_slice(&v),
+        Values::I64(v) => Tensor::from_slice(&v),
+        Values::I32(v) => Tensor::from_slice(&v),
+        Values::Bool(v) => Tensor::from_slice(&v),
+        Values::Bytes(_) => {
+            return Err(invalid(format!(
+                "input '{}': BYTES tensors cannot be passed to a TorchScript model",
+                spec.name
             )));
         }
     };
     Ok(tensor.reshape(input.shape.as_slice()))
+}
+
+/// Describes and encodes one output tensor from decoded values (BYTES as
+/// 4-byte little-endian length + bytes per element, BOOL as one byte).
+pub fn encode_values(name: &str, shape: Vec<i64>, values: &Values) -> (InferOutputTensor, Vec<u8>) {
+    let (datatype, raw): (&str, Vec<u8>) = match values {
+        Values::F32(v) => ("FP32", v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        Values::F64(v) => ("FP64", v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        Values::I64(v) => ("INT64", v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        Values::I32(v) => ("INT32", v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        Values::Bool(v) => ("BOOL", v.iter().map(|b| u8::from(*b)).collect()),
+        Values::Bytes(v) => {
+            let mut raw = Vec::with_capacity(v.iter().map(|b| b.len() + 4).sum());
+            for b in v {
+                raw.extend_from_slice(&(b.len() as u32).to_le_bytes());
+                raw.extend_from_slice(b);
+            }
+            ("BYTES", raw)
+        }
+    };
+    let output = InferOutputTensor {
+        name: name.to_owned(),
+        datatype: datatype.to_owned(),
+        shape,
+        ..Default::default()
+    };
+    (output, raw)
 }
 
 /// Describes and encodes (little-endian raw bytes) one output tensor.

@@ -1,0 +1,354 @@
+//! One model version being served: manifest, contract, online snapshot and
+//! its batcher, with the contract-level operations (score churn for user
+//! ids, recommend) that the KServe, typed and Flight front ends share.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use prometheus::IntCounter;
+use tch::{Device, Kind, Tensor};
+use tracing::info;
+
+use crate::batcher::{BatchConfig, BatchMetrics, Batcher, Outputs, Signature};
+use crate::contract::{Contract, MAX_K};
+use crate::error::{Error, Result};
+use crate::registry::{Manifest, Registry};
+use crate::snapshot::Snapshot;
+
+/// A loaded model version.
+pub struct ServedModel {
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// How clients see it.
+    pub contract: Contract,
+    /// Per-user features and popular items.
+    pub snapshot: Snapshot,
+    batcher: Batcher,
+    snapshot_misses: IntCounter,
+}
+
+/// Churn scores of a list of users, one entry per user in request order.
+pub struct ChurnScores {
+    /// Per model output (horizon), the probabilities.
+    pub horizons: Vec<Vec<f32>>,
+    /// True where the user is not in the snapshot (prior served).
+    pub fallback: Vec<bool>,
+    /// Snapshot row per user (for segments).
+    pub rows: Vec<Option<usize>>,
+}
+
+/// Recommendations for one user.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recommendations {
+    /// (item id, score), best first, at most k.
+    pub items: Vec<(i64, f32)>,
+    /// True for a cold start (popular items for the context).
+    pub fallback: bool,
+}
+
+/// One user's recommendation request, as the contract takes it.
+pub struct RecommendQuery<'a> {
+    /// The user.
+    pub user_id: i64,
+    /// Local hour 0..=23, or -1.
+    pub hour: i32,
+    /// Device class ("" unknown).
+    pub device: &'a str,
+    /// Items that must not be returned.
+    pub exclude: &'a HashSet<i64>,
+}
+
+impl ServedModel {
+    /// Loads version `version` of `name`: manifest, contract check, snapshot,
+    /// and `batch.instances` copies of `model.pt` on `device`.
+    pub fn load(
+        registry: &Registry,
+        name: &str,
+        version: u64,
+        batch: BatchConfig,
+        metrics: BatchMetrics,
+        snapshot_misses: IntCounter,
+        device: Device,
+    ) -> Result<Self> {
+        let manifest = registry.manifest(name, version)?;
+        let dir = registry.version_dir(name, version);
+        let contract = Contract::of(&manifest).map_err(|e| Error::Registry {
+            path: dir.join("manifest.json"),
+            reason: e.to_string(),
+        })?;
+        let features: Vec<&str> = manifest.features.iter().map(|f| f.name()).collect();
+        let snapshot = Snapshot::load(&dir, &features)?;
+        let signature = Signature {
+            batched: manifest
+                .inputs
+                .iter()
+                .map(|s| s.shape.first() == Some(&-1))
+                .collect(),
+            outputs: manifest.outputs.len(),
+        };
+        let path = dir.join("model.pt");
+        let label = format!("{name}:{version}");
+        let batcher = Batcher::start(label.clone(), batch, signature, metrics, device, || {
+            tch::CModule::load_on_device(&path, device).map_err(|source| Error::Torch {
+                model: label.clone(),
+                source,
+            })
+        })?;
+        info!(
+            model = name,
+            version,
+            kind = %manifest.kind,
+            snapshot_users = snapshot.users(),
+            instances = batch.instances,
+            "model version loaded"
+        );
+        Ok(Self {
+            manifest,
+            contract,
+            snapshot,
+            batcher,
+            snapshot_misses,
+        })
+    }
+
+    /// `name:version`.
+    pub fn label(&self) -> String {
+        format!("{}:{}", self.manifest.name, self.manifest.version)
+    }
+
+    /// Requests queued for this version now.
+    pub fn queued(&self) -> usize {
+        self.batcher.queued()
+    }
+
+    /// Runs `forward` on module-level `inputs` through the batcher.
+    pub async fn run(
+        &self,
+        inputs: Vec<Tensor>,
+        key: u64,
+        deadline: Option<Instant>,
+    ) -> Result<Outputs> {
+        let rows = inputs
+            .iter()
+            .zip(&self.manifest.inputs)
+            .find(|(_, s)| s.shape.first() == Some(&-1))
+            .map_or(1, |(t, _)| {
+                t.size().first().copied().unwrap_or(1).max(0) as usize
+            });
+        let receiver = self.batcher.submit(inputs, rows, key, deadline)?;
+        let reply = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline.into(), receiver)
+                .await
+                .map_err(|_| {
+                    Error::DeadlineExceeded(format!("deadline exceeded on model {}", self.label()))
+                })?,
+            None => receiver.await,
+        };
+        reply.map_err(|_| Error::Unavailable(format!("model {} stopped", self.label())))?
+    }
+
+    fn gather(&self, user_ids: &[i64]) -> (Vec<Option<usize>>, Vec<f32>) {
+        let rows: Vec<Option<usize>> = user_ids.iter().map(|u| self.snapshot.row(*u)).collect();
+        let width = self.snapshot.width();
+        let known = rows.iter().flatten().count();
+        let mut features = Vec::with_capacity(known * width);
+        for row in rows.iter().flatten() {
+            features.extend_from_slice(self.snapshot.features(*row));
+        }
+        let misses = (rows.len() - known) as u64;
+        if misses > 0 {
+            self.snapshot_misses.inc_by(misses);
+        }
+        (rows, features)
+    }
+
+    /// Churn probabilities for `features` rows ([n, F], row-major).
+    pub async fn churn_features(
+        &self,
+        features: Vec<f32>,
+        n: usize,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<Vec<f32>>> {
+        let Contract::Churn { width, .. } = self.contract else {
+            return Err(self.wrong_kind("churn"));
+        };
+        if n == 0 {
+            return Ok(vec![Vec::new(); self.manifest.outputs.len()]);
+        }
+        let tensor = Tensor::from_slice(&features).view([n as i64, width as i64]);
+        let outputs = self.run(vec![tensor], 0, deadline).await?;
+        outputs
+            .iter()
+            .map(|t| {
+                Vec::<f32>::try_from(t.to_kind(Kind::Float).flatten(0, -1)).map_err(|source| {
+                    Error::Torch {
+                        model: self.label(),
+                        source,
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// Churn scores of `user_ids`; users missing from the snapshot get the
+    /// manifest's prior (NaN for a horizon without one).
+    pub async fn churn(&self, user_ids: &[i64], deadline: Option<Instant>) -> Result<ChurnScores> {
+        let (rows, features) = self.gather(user_ids);
+        let known = rows.iter().flatten().count();
+        let scored = self.churn_features(features, known, deadline).await?;
+        let mut horizons = Vec::with_capacity(scored.len());
+        for (output, values) in self.manifest.outputs.iter().zip(scored) {
+            let prior = self
+                .manifest
+                .prior
+                .get(&output.name)
+                .copied()
+                .unwrap_or(f32::NAN);
+            let mut values = values.into_iter();
+            horizons.push(
+                rows.iter()
+                    .map(|r| match r {
+                        Some(_) => values.next().unwrap_or(f32::NAN),
+                        None => prior,
+                    })
+                    .collect(),
+            );
+        }
+        Ok(ChurnScores {
+            horizons,
+            fallback: rows.iter().map(Option::is_none).collect(),
+            rows,
+        })
+    }
+
+    /// The risk tier of each user from the longest horizon.
+    pub fn risk_tiers(&self, scores: &ChurnScores) -> Vec<&'static str> {
+        let Contract::Churn { longest, .. } = self.contract else {
+            return Vec::new();
+        };
+        scores.horizons[longest]
+            .iter()
+            .map(|p| self.manifest.risk_tiers.tier(*p))
+            .collect()
+    }
+
+    /// Top-`k` items for each query; unknown users get the popular items of
+    /// their context. Excluded and duplicate items are never returned.
+    pub async fn recommend(
+        &self,
+        queries: &[RecommendQuery<'_>],
+        k: usize,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<Recommendations>> {
+        let Contract::Recommend { width } = self.contract else {
+            return Err(self.wrong_kind("recommend"));
+        };
+        if k == 0 || k > MAX_K {
+            return Err(Error::InvalidArgument(format!(
+                "k must be between 1 and {MAX_K}, got {k}"
+            )));
+        }
+        for q in queries {
+            if !(-1..=23).contains(&q.hour) {
+                return Err(Error::InvalidArgument(format!(
+                    "hour must be 0 to 23, or -1 for unknown; got {}",
+                    q.hour
+                )));
+            }
+        }
+        let ids: Vec<i64> = queries.iter().map(|q| q.user_id).collect();
+        let (rows, features) = self.gather(&ids);
+        let known: Vec<&RecommendQuery> = queries
+            .iter()
+            .zip(&rows)
+            .filter(|(_, r)| r.is_some())
+            .map(|(q, _)| q)
+            .collect();
+        let mut personal = Vec::new();
+        if !known.is_empty() {
+            let most_excluded = known.iter().map(|q| q.exclude.len()).max().unwrap_or(0);
+            // Ask the model for a few more than needed so exclusions still leave
+            // k; round up so requests with nearby k share batches.
+            let mut module_k = (k + most_excluded).next_power_of_two().max(16);
+            if let Some(size) = self.manifest.catalogue_size {
+                module_k = module_k.min(size.max(1) as usize);
+            }
+            let n = known.len() as i64;
+            let hours: Vec<i64> = known.iter().map(|q| i64::from(q.hour)).collect();
+            let devices: Vec<i64> = known.iter().map(|q| self.device_index(q.device)).collect();
+            let inputs = vec![
+                Tensor::from_slice(&features).view([n, width as i64]),
+                Tensor::from_slice(&hours),
+                Tensor::from_slice(&devices),
+                Tensor::from_slice(&[module_k as i64]),
+            ];
+            let outputs = self.run(inputs, module_k as u64, deadline).await?;
+            let torch = |source| Error::Torch {
+                model: self.label(),
+                source,
+            };
+            let items = Vec::<i64>::try_from(outputs[0].to_kind(Kind::Int64).flatten(0, -1))
+                .map_err(torch)?;
+            let scores = Vec::<f32>::try_from(outputs[1].to_kind(Kind::Float).flatten(0, -1))
+                .map_err(torch)?;
+            let per_row = outputs[0].size().get(1).copied().unwrap_or(0) as usize;
+            for (i, q) in known.iter().enumerate() {
+                let range = i * per_row..(i + 1) * per_row;
+                let pairs = items[range.clone()]
+                    .iter()
+                    .copied()
+                    .zip(scores[range].iter().copied());
+                personal.push(top_k(pairs, k, q.exclude));
+            }
+        }
+        let mut personal = personal.into_iter();
+        Ok(queries
+            .iter()
+            .zip(&rows)
+            .map(|(q, row)| match row {
+                Some(_) => Recommendations {
+                    items: personal.next().unwrap_or_default(),
+                    fallback: false,
+                },
+                None => Recommendations {
+                    items: top_k(
+                        self.snapshot.popular(q.hour, q.device).iter().copied(),
+                        k,
+                        q.exclude,
+                    ),
+                    fallback: true,
+                },
+            })
+            .collect())
+    }
+
+    fn device_index(&self, device: &str) -> i64 {
+        self.manifest
+            .devices
+            .iter()
+            .position(|d| d == device)
+            .map_or(0, |i| i as i64 + 1)
+    }
+
+    fn wrong_kind(&self, wanted: &str) -> Error {
+        Error::InvalidArgument(format!(
+            "model {} is a '{}' model, not '{wanted}'",
+            self.label(),
+            self.manifest.kind
+        ))
+    }
+}
+
+/// The first `k` pairs that are neither excluded nor repeated.
+fn top_k(
+    pairs: impl IntoIterator<Item = (i64, f32)>,
+    k: usize,
+    exclude: &HashSet<i64>,
+) -> Vec<(i64, f32)> {
+    let mut seen = HashSet::with_capacity(k);
+    pairs
+        .into_iter()
+        .filter(|(item, _)| *item >= 0 && !exclude.contains(item) && seen.insert(*item))
+        .take(k)
+        .collect()
+}

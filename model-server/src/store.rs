@@ -1,0 +1,392 @@
+//! The models being served: one [`Deployment`] per model name, each with one
+//! or more routes (the A/B variants, each following an alias or a version)
+//! and an optional shadow. [`ModelStore::poll`] re-resolves every route's
+//! selector against the registry and swaps in new versions: requests that
+//! already hold the old version finish on it, new ones go to the new one,
+//! so no request fails during a swap.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use tch::Device;
+use tracing::{info, warn};
+
+use crate::batcher::{BatchConfig, BatchMetrics};
+use crate::error::{Error, Result};
+use crate::metrics::ServerMetrics;
+use crate::model::ServedModel;
+use crate::registry::Registry;
+
+/// A traffic split for one model: variants by weight, and an optional shadow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Split {
+    /// (version selector, weight): an alias or a version number each; a
+    /// request goes to a variant by a stable hash of its user id.
+    pub variants: Vec<(String, u32)>,
+    /// A version selector that gets a copy of every request routed by the
+    /// split; its answers are measured and dropped.
+    pub shadow: Option<String>,
+}
+
+impl Split {
+    /// Parses `production:90,staging:10` (weights optional: equal when
+    /// omitted) and an optional shadow selector.
+    pub fn parse(text: &str, shadow: Option<String>) -> Result<Self> {
+        let mut variants = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (selector, weight) = match part.split_once(':') {
+                Some((s, w)) => {
+                    let weight = w.trim().parse::<u32>().map_err(|_| {
+                        Error::InvalidArgument(format!(
+                            "split '{text}': weight '{w}' of '{s}' is not a whole number"
+                        ))
+                    })?;
+                    (s.trim().to_owned(), weight)
+                }
+                None => (part.to_owned(), 1),
+            };
+            if selector.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "split '{text}': a variant has no alias or version"
+                )));
+            }
+            variants.push((selector, weight));
+        }
+        if variants.iter().map(|v| v.1).sum::<u32>() == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "split '{text}' needs at least one variant with a weight above 0"
+            )));
+        }
+        Ok(Self { variants, shadow })
+    }
+}
+
+/// How the store loads and routes models.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreConfig {
+    /// Batching and instances per loaded version.
+    pub batch: BatchConfig,
+    /// A/B splits by model name; models without one follow their
+    /// `production` alias (else their newest version).
+    pub splits: HashMap<String, Split>,
+    /// Where models run.
+    pub device: Device,
+}
+
+struct Route {
+    selector: String,
+    /// Variant label reported to clients and in metrics ("" without a split).
+    variant: String,
+    weight: u32,
+    current: RwLock<Arc<ServedModel>>,
+}
+
+impl Route {
+    fn model(&self) -> Arc<ServedModel> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// The routes of one model.
+pub struct Deployment {
+    name: String,
+    routes: Vec<Route>,
+    shadow: Option<Route>,
+    total_weight: u64,
+}
+
+/// The version chosen for one request.
+pub struct Selection {
+    /// The version that serves it.
+    pub model: Arc<ServedModel>,
+    /// The A/B variant ("" when no split applied).
+    pub variant: String,
+    /// A version that should get a copy of the request.
+    pub shadow: Option<Arc<ServedModel>>,
+}
+
+/// A stable 64-bit mix of a routing key (SplitMix64's finaliser).
+pub fn stable_hash(key: u64) -> u64 {
+    let mut z = key.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl Deployment {
+    /// The model name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Every version loaded for this model (routes, then shadow).
+    pub fn versions(&self) -> Vec<Arc<ServedModel>> {
+        self.routes
+            .iter()
+            .chain(&self.shadow)
+            .map(Route::model)
+            .collect()
+    }
+
+    /// The version for a request: `selector` empty → the split (by
+    /// `routing_key`) or the single route; an alias or number → that loaded
+    /// version, bypassing the split.
+    pub fn select(
+        &self,
+        selector: &str,
+        routing_key: u64,
+        registry: &Registry,
+    ) -> Result<Selection> {
+        if selector.is_empty() {
+            let mut point = stable_hash(routing_key) % self.total_weight.max(1);
+            let route = self
+                .routes
+                .iter()
+                .find(|r| {
+                    let hit = point < u64::from(r.weight);
+                    point = point.saturating_sub(u64::from(r.weight));
+                    hit
+                })
+                .unwrap_or(&self.routes[0]);
+            return Ok(Selection {
+                model: route.model(),
+                variant: route.variant.clone(),
+                shadow: self.shadow.as_ref().map(Route::model),
+            });
+        }
+        let loaded = self.versions();
+        if let Some(route) = self
+            .routes
+            .iter()
+            .chain(&self.shadow)
+            .find(|r| r.selector == selector)
+        {
+            return Ok(Selection {
+                model: route.model(),
+                variant: String::new(),
+                shadow: None,
+            });
+        }
+        let version = match selector.parse::<u64>() {
+            Ok(v) => v,
+            Err(_) => registry.resolve(&self.name, selector)?,
+        };
+        loaded
+            .iter()
+            .find(|m| m.manifest.version == version)
+            .map(|m| Selection {
+                model: m.clone(),
+                variant: String::new(),
+                shadow: None,
+            })
+            .ok_or_else(|| {
+                let serving: Vec<u64> = loaded.iter().map(|m| m.manifest.version).collect();
+                Error::NotFound(format!(
+                    "version {selector} of model '{}' is not loaded (serving versions {serving:?})",
+                    self.name
+                ))
+            })
+    }
+}
+
+/// Every deployment, by model name.
+pub struct ModelStore {
+    /// Where versions come from.
+    pub registry: Registry,
+    config: StoreConfig,
+    metrics: Arc<ServerMetrics>,
+    deployments: RwLock<BTreeMap<String, Arc<Deployment>>>,
+}
+
+impl ModelStore {
+    /// An empty store over `registry`.
+    pub fn new(registry: Registry, config: StoreConfig, metrics: Arc<ServerMetrics>) -> Self {
+        Self {
+            registry,
+            config,
+            metrics,
+            deployments: RwLock::default(),
+        }
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Arc<ServerMetrics> {
+        &self.metrics
+    }
+
+    /// True once at least one model is loaded.
+    pub fn is_ready(&self) -> bool {
+        !self.read().is_empty()
+    }
+
+    /// Names of the loaded models.
+    pub fn names(&self) -> Vec<String> {
+        self.read().keys().cloned().collect()
+    }
+
+    /// The deployment of `name`.
+    pub fn deployment(&self, name: &str) -> Result<Arc<Deployment>> {
+        self.read().get(name).cloned().ok_or_else(|| {
+            Error::NotFound(format!(
+                "model '{name}' is not loaded (loaded: {:?})",
+                self.names()
+            ))
+        })
+    }
+
+    /// Loads one version (blocking: run it off the async threads).
+    fn load_version(&self, name: &str, version: u64) -> Result<Arc<ServedModel>> {
+        let started = Instant::now();
+        let m = &self.metrics;
+        let v = version.to_string();
+        let batch_metrics = BatchMetrics {
+            queue: m.queue_duration.with_label_values(&[name]),
+            inference: m.inference_duration.with_label_values(&[name]),
+            batch_size: m.batch_size.with_label_values(&[name]),
+            ok: m.inferences.with_label_values(&[name, &v, "ok"]),
+            failed: m.inferences.with_label_values(&[name, &v, "error"]),
+        };
+        let loaded = ServedModel::load(
+            &self.registry,
+            name,
+            version,
+            self.config.batch,
+            batch_metrics,
+            m.snapshot_misses.with_label_values(&[name]),
+            self.config.device,
+        );
+        match loaded {
+            Ok(model) => {
+                m.load_duration
+                    .with_label_values(&[name])
+                    .observe(started.elapsed().as_secs_f64());
+                m.load_failures.with_label_values(&[name]);
+                Ok(Arc::new(model))
+            }
+            Err(e) => {
+                m.load_failures.with_label_values(&[name]).inc();
+                Err(e)
+            }
+        }
+    }
+
+    fn route(&self, name: &str, selector: &str, variant: &str, weight: u32) -> Result<Route> {
+        let version = self.registry.resolve(name, selector)?;
+        Ok(Route {
+            selector: selector.to_owned(),
+            variant: variant.to_owned(),
+            weight,
+            current: RwLock::new(self.load_version(name, version)?),
+        })
+    }
+
+    /// Loads `name` with its configured split, or following its
+    /// `production` alias (else newest version); replaces a loaded one.
+    /// Blocking.
+    pub fn load(&self, name: &str) -> Result<Arc<Deployment>> {
+        let split = self.config.splits.get(name);
+        let mut routes = Vec::new();
+        match split {
+            Some(split) => {
+                for (selector, weight) in &split.variants {
+                    routes.push(self.route(name, selector, selector, *weight)?);
+                }
+            }
+            None => routes.push(self.route(name, "", "", 1)?),
+        }
+        let shadow = match split.and_then(|s| s.shadow.as_deref()) {
+            Some(selector) => Some(self.route(name, selector, "shadow", 0)?),
+            None => None,
+        };
+        let deployment = Arc::new(Deployment {
+            name: name.to_owned(),
+            total_weight: routes.iter().map(|r| u64::from(r.weight)).sum(),
+            routes,
+            shadow,
+        });
+        let versions: Vec<u64> = deployment
+            .versions()
+            .iter()
+            .map(|m| m.manifest.version)
+            .collect();
+        info!(model = name, ?versions, "model serving");
+        let mut deployments = self.write();
+        deployments.insert(name.to_owned(), deployment.clone());
+        self.metrics.loaded_models.set(deployments.len() as i64);
+        Ok(deployment)
+    }
+
+    /// Stops serving `name`; false if it was not loaded.
+    pub fn unload(&self, name: &str) -> bool {
+        let mut deployments = self.write();
+        let removed = deployments.remove(name).is_some();
+        self.metrics.loaded_models.set(deployments.len() as i64);
+        removed
+    }
+
+    /// Re-resolves every route and swaps in versions whose alias moved.
+    /// Failures keep the old version serving and are logged and counted.
+    /// Blocking. Returns the number of swaps.
+    pub fn poll(&self) -> usize {
+        let deployments: Vec<Arc<Deployment>> = self.read().values().cloned().collect();
+        let mut swaps = 0;
+        for deployment in deployments {
+            for route in deployment.routes.iter().chain(&deployment.shadow) {
+                let name = &deployment.name;
+                let current = route.model().manifest.version;
+                let wanted = match self.registry.resolve(name, &route.selector) {
+                    Ok(v) if v != current => v,
+                    Ok(_) => continue,
+                    Err(e) => {
+                        warn!(model = %name, selector = %route.selector, error = %e, "cannot resolve; keeping version {current}");
+                        continue;
+                    }
+                };
+                match self.load_version(name, wanted) {
+                    Ok(model) => {
+                        *route.current.write().unwrap_or_else(|p| p.into_inner()) = model;
+                        self.metrics.version_swaps.with_label_values(&[name]).inc();
+                        info!(model = %name, from = current, to = wanted, variant = %route.variant, "version swapped");
+                        swaps += 1;
+                    }
+                    Err(e) => {
+                        warn!(model = %name, version = wanted, error = %e, "cannot load; keeping version {current}");
+                    }
+                }
+            }
+        }
+        swaps
+    }
+
+    /// Polls every `interval` until the store is dropped.
+    pub fn spawn_poller(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let store = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                let Some(store) = store.upgrade() else { return };
+                if tokio::task::spawn_blocking(move || store.poll())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Deployment>>> {
+        self.deployments.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Deployment>>> {
+        self.deployments.write().unwrap_or_else(|p| p.into_inner())
+    }
+}

@@ -1,0 +1,210 @@
+//! Hot reload (alias polling) without failed requests, and A/B splits with a shadow.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use encore_model_server::Split;
+
+use crate::fixtures::*;
+use crate::scoring::{churn_request, client};
+
+#[tokio::test]
+async fn moving_the_production_alias_swaps_versions_without_a_failed_request() {
+    let registry = tempfile::tempdir().unwrap();
+    export_churn(registry.path(), 1);
+    export_churn(registry.path(), 2);
+    let aliases = registry.path().join("churn/aliases.json");
+    std::fs::write(&aliases, r#"{"production": 1}"#).unwrap();
+    let server = serve_with(registry.path(), |c| {
+        c.poll_interval = Duration::from_millis(100);
+    })
+    .await;
+
+    // Clients hammer the server while the alias moves.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let mut client = client(server.addr()).await;
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut versions = Vec::new();
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match client.score_churn(churn_request(&[t + 1, 60])).await {
+                    Ok(r) => versions.push(r.into_inner().model_version),
+                    Err(status) => failures.push(status),
+                }
+            }
+            (versions, failures)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Written atomically, as the registry does (temp name, then rename).
+    let tmp = registry.path().join("churn/.aliases.json.tmp");
+    std::fs::write(&tmp, r#"{"production": 2}"#).unwrap();
+    std::fs::rename(&tmp, &aliases).unwrap();
+    let started = Instant::now();
+    let mut client = client(server.addr()).await;
+    loop {
+        let r = client
+            .score_churn(churn_request(&[60]))
+            .await
+            .unwrap()
+            .into_inner();
+        if r.model_version == 2 {
+            let p = sigmoid(2.0 * churn_features(60).iter().sum::<f32>());
+            assert!(
+                (r.scores[0].p30 - p).abs() < 1e-6,
+                "version 2 computes with scale 2"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the alias move was not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut seen = Vec::new();
+    for task in tasks {
+        let (versions, failures) = task.await.unwrap();
+        assert!(
+            failures.is_empty(),
+            "requests failed during the swap: {failures:?}"
+        );
+        seen.extend(versions);
+    }
+    assert!(
+        seen.contains(&1) && seen.contains(&2),
+        "both versions served"
+    );
+    // Once swapped, never back.
+    let first_two = seen.iter().position(|v| *v == 2).unwrap();
+    assert!(seen.len() > first_two);
+
+    let addr = server.addr().to_string();
+    let text =
+        tokio::task::spawn_blocking(move || encore_tests::http_get(&addr, "/metrics").unwrap().1)
+            .await
+            .unwrap();
+    assert_eq!(
+        encore_tests::metric_value(
+            &text,
+            "encore_model_server_version_swaps_total{model=\"churn\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_b_split_is_stable_per_user_and_the_shadow_sees_traffic() {
+    let registry = tempfile::tempdir().unwrap();
+    export_churn(registry.path(), 1);
+    export_churn(registry.path(), 2);
+    export_churn(registry.path(), 3);
+    std::fs::write(
+        registry.path().join("churn/aliases.json"),
+        r#"{"production": 1, "staging": 2, "candidate": 3}"#,
+    )
+    .unwrap();
+    let split = Split::parse("production:50,staging:50", Some("candidate".into())).unwrap();
+    let server = serve_with(registry.path(), |c| {
+        c.splits.insert("churn".into(), split);
+    })
+    .await;
+    let mut client = client(server.addr()).await;
+
+    let mut by_user: HashMap<i64, (String, u64)> = HashMap::new();
+    for round in 0..2 {
+        for user in 1..=200 {
+            let r = client
+                .score_churn(churn_request(&[user]))
+                .await
+                .unwrap()
+                .into_inner();
+            let served = (r.variant.clone(), r.model_version);
+            let expected = match r.variant.as_str() {
+                "production" => 1,
+                "staging" => 2,
+                other => panic!("unexpected variant '{other}'"),
+            };
+            assert_eq!(r.model_version, expected);
+            if round == 0 {
+                by_user.insert(user, served);
+            } else {
+                assert_eq!(by_user[&user], served, "user {user} changed variant");
+            }
+        }
+    }
+    let staging = by_user.values().filter(|v| v.0 == "staging").count();
+    assert!(
+        (60..=140).contains(&staging),
+        "50/50 split gave {staging}/200 to staging"
+    );
+
+    // An explicit version or alias bypasses the split.
+    let mut pinned = churn_request(&[1]);
+    pinned.model_version = "staging".into();
+    let r = client.score_churn(pinned).await.unwrap().into_inner();
+    assert_eq!((r.model_version, r.variant.as_str()), (2, ""));
+    let mut pinned = churn_request(&[1]);
+    pinned.model_version = "3".into();
+    assert_eq!(
+        client
+            .score_churn(pinned)
+            .await
+            .unwrap()
+            .into_inner()
+            .model_version,
+        3
+    );
+
+    let addr = server.addr().to_string();
+    let text =
+        tokio::task::spawn_blocking(move || encore_tests::http_get(&addr, "/metrics").unwrap().1)
+            .await
+            .unwrap();
+    let value = |s: &str| encore_tests::metric_value(&text, s).unwrap_or(0.0);
+    let requests = |variant: &str, version: &str| {
+        value(&format!(
+            "encore_model_server_requests_total{{code=\"OK\",method=\"ScoreChurn\",model=\"churn\",variant=\"{variant}\",version=\"{version}\"}}"
+        ))
+    };
+    assert_eq!(requests("staging", "2"), 2.0 * staging as f64, "{text}");
+    assert_eq!(
+        requests("production", "1"),
+        2.0 * (200 - staging) as f64,
+        "{text}"
+    );
+    // Shadow copies are fire-and-forget: give the last ones a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let addr = server.addr().to_string();
+        let text = tokio::task::spawn_blocking(move || {
+            encore_tests::http_get(&addr, "/metrics").unwrap().1
+        })
+        .await
+        .unwrap();
+        let shadow = encore_tests::metric_value(
+            &text,
+            "encore_model_server_shadow_requests_total{model=\"churn\",outcome=\"ok\"}",
+        )
+        .unwrap_or(0.0);
+        if shadow == 400.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shadow saw {shadow} of 400 requests"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    assert!(Split::parse("production:x", None).is_err());
+    assert!(Split::parse("production:0", None).is_err());
+}
