@@ -7,13 +7,14 @@
 //! manifest is served, whether exported by Encore's trainer or by Python.
 //! gRPC and HTTP (`/metrics`, `/healthz`, `/readyz`) share one port.
 //!
-//! A request flows: front end (`kserve`, `scoring`) → `store` (deployment,
+//! A request flows: front end (`kserve`, `scoring`, `flight`) → `store` (deployment,
 //! A/B route, shadow) → `model` (contract: snapshot lookup, fallbacks) →
 //! `batcher` (dynamic batching on model instances) → TorchScript.
 
 pub mod batcher;
 pub mod contract;
 pub mod error;
+pub mod flight;
 pub mod kserve;
 pub mod metrics;
 pub mod model;

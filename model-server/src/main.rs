@@ -1,22 +1,27 @@
 //! `encore-model-server`: parses flags and environment, installs logging and
 //! runs [`encore_model_server::start_model_server`] until SIGTERM or Ctrl-C.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use encore_common::process;
-use encore_model_server::{ModelServerConfig, start_model_server};
+use encore_model_server::{BatchConfig, ModelServerConfig, Split, start_model_server};
 
-/// Encore model server: TorchScript models from the registry over KServe v2 gRPC.
+/// Encore model server: TorchScript models from the registry over KServe v2
+/// gRPC, the typed encore.v1.Scoring API and Arrow Flight, on one port.
 ///
 /// Triton clients (tritonclient.grpc) work unchanged: live, ready,
-/// metadata, infer, and the model-repository extension.
+/// metadata, infer, and the model-repository extension. Requests are
+/// batched dynamically; aliases are polled and new versions swapped in
+/// without failing requests.
 #[derive(Parser, Debug)]
 #[command(
     name = "encore-model-server",
     version,
-    after_help = "Examples:\n  encore-model-server --registry /data/registry\n  encore-model-server --registry registry --model churn --bind-port 0   # any free port, printed on stdout"
+    after_help = "Examples:\n  encore-model-server --registry /data/registry\n  encore-model-server --registry registry --model churn --bind-port 0   # any free port, printed on stdout\n  encore-model-server --registry registry --split churn=production:90,staging:10 --shadow churn=candidate"
 )]
 struct Args {
     /// Model registry folder (<registry>/<model>/<version>/manifest.json + model.pt).
@@ -36,9 +41,61 @@ struct Args {
         default_value = "127.0.0.1"
     )]
     bind_host: String,
-    /// gRPC port (KServe v2); 0 picks a free one.
+    /// gRPC port (KServe v2, encore.v1.Scoring, Arrow Flight, /metrics); 0 picks a free one.
     #[arg(long, env = "ENCORE_MODEL_SERVER_BIND_PORT", default_value_t = 8001)]
     bind_port: u16,
+    /// Most rows per model forward call (dynamic batching).
+    #[arg(long, env = "ENCORE_MODEL_SERVER_MAX_BATCH_SIZE", default_value_t = BatchConfig::default().max_batch_size)]
+    max_batch_size: usize,
+    /// Longest a request waits for others to join its batch, in microseconds.
+    #[arg(long, env = "ENCORE_MODEL_SERVER_MAX_QUEUE_DELAY_US", default_value_t = BatchConfig::default().max_queue_delay.as_micros() as u64)]
+    max_queue_delay_us: u64,
+    /// Most requests queued per model version; more get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "ENCORE_MODEL_SERVER_MAX_QUEUE_SIZE", default_value_t = BatchConfig::default().max_queue_size)]
+    max_queue_size: usize,
+    /// Model instances (threads with their own module) per loaded version.
+    #[arg(long, env = "ENCORE_MODEL_SERVER_INSTANCES", default_value_t = BatchConfig::default().instances)]
+    instances: usize,
+    /// libtorch intra-op threads (0: libtorch's default, all cores).
+    #[arg(long, env = "ENCORE_MODEL_SERVER_TORCH_THREADS", default_value_t = 1)]
+    torch_threads: usize,
+    /// Seconds between re-reads of aliases.json (hot reload); 0 turns it off.
+    #[arg(
+        long,
+        env = "ENCORE_MODEL_SERVER_POLL_INTERVAL_SECONDS",
+        default_value_t = 5.0
+    )]
+    poll_interval_seconds: f64,
+    /// A/B split, MODEL=SELECTOR:WEIGHT,... (selectors are aliases or versions); repeat per model.
+    #[arg(long = "split", value_name = "MODEL=SPLIT")]
+    splits: Vec<String>,
+    /// Shadow version for a split model, MODEL=SELECTOR: gets a copy of its traffic, answers dropped.
+    #[arg(long = "shadow", value_name = "MODEL=SELECTOR")]
+    shadows: Vec<String>,
+}
+
+fn model_and_value<'a>(flag: &str, text: &'a str) -> anyhow::Result<(&'a str, &'a str)> {
+    text.split_once('=')
+        .filter(|(m, v)| !m.is_empty() && !v.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("--{flag} '{text}': expected MODEL=..."))
+}
+
+fn splits(args: &Args) -> anyhow::Result<HashMap<String, Split>> {
+    let mut shadows = HashMap::new();
+    for text in &args.shadows {
+        let (model, selector) = model_and_value("shadow", text)?;
+        shadows.insert(model.to_owned(), selector.to_owned());
+    }
+    let mut splits = HashMap::new();
+    for text in &args.splits {
+        let (model, split) = model_and_value("split", text)?;
+        let split = Split::parse(split, shadows.remove(model))?;
+        splits.insert(model.to_owned(), split);
+    }
+    if let Some(model) = shadows.keys().next() {
+        anyhow::bail!("--shadow {model}=...: a shadow needs a --split for the same model");
+    }
+    Ok(splits)
 }
 
 fn main() {
@@ -51,7 +108,23 @@ fn main() {
 fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     process::init_logging("info");
+    if !(args.poll_interval_seconds >= 0.0 && args.poll_interval_seconds.is_finite()) {
+        anyhow::bail!("--poll-interval-seconds must be 0 or more");
+    }
+    if args.max_batch_size == 0 || args.max_queue_size == 0 || args.instances == 0 {
+        anyhow::bail!("--max-batch-size, --max-queue-size and --instances must be at least 1");
+    }
+    let splits = splits(&args)?;
     let config = ModelServerConfig {
+        batch: BatchConfig {
+            max_batch_size: args.max_batch_size,
+            max_queue_delay: Duration::from_micros(args.max_queue_delay_us),
+            max_queue_size: args.max_queue_size,
+            instances: args.instances,
+        },
+        splits,
+        poll_interval: Duration::from_secs_f64(args.poll_interval_seconds),
+        torch_threads: args.torch_threads,
         registry: args.registry,
         models: args.models,
         bind_host: args.bind_host,

@@ -10,8 +10,11 @@ use encore_proto::inference::grpc_inference_service_server::GrpcInferenceService
 use tonic::service::RoutesBuilder;
 use tracing::info;
 
+use arrow_flight::flight_service_server::FlightServiceServer;
+
 use crate::batcher::BatchConfig;
 use crate::error::{Error, Result};
+use crate::flight::FlightScoring;
 use crate::kserve::KserveService;
 use crate::metrics::ServerMetrics;
 use crate::registry::Registry;
@@ -147,6 +150,11 @@ pub async fn start_model_server(config: ModelServerConfig) -> Result<ModelServer
     );
     grpc.add_service(
         ScoringServer::new(ScoringService::new(store.clone()))
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit),
+    );
+    grpc.add_service(
+        FlightServiceServer::new(FlightScoring::new(store.clone()))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit),
     );

@@ -17,7 +17,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::compute::cast;
+use arrow::compute::cast_with_options;
 use arrow::datatypes::{DataType, Float32Type, Int32Type, Int64Type};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -62,7 +62,11 @@ fn column(
     let Some(array) = batch.column_by_name(name) else {
         return Ok(None);
     };
-    cast(array, to)
+    let options = arrow::compute::CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    cast_with_options(array, to, &options)
         .map(Some)
         .map_err(|e| snapshot_error(path, format!("column '{name}': {e}")))
 }

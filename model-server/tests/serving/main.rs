@@ -5,6 +5,7 @@
 
 mod batching;
 mod fixtures;
+mod flight;
 mod kserve;
 mod reload;
 mod scoring;
