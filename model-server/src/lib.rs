@@ -11,6 +11,7 @@
 //! A/B route, shadow) → `model` (contract: snapshot lookup, fallbacks) →
 //! `batcher` (dynamic batching on model instances) → TorchScript.
 
+pub mod auth;
 pub mod batcher;
 pub mod contract;
 pub mod error;
@@ -26,6 +27,7 @@ pub mod snapshot;
 pub mod store;
 pub mod tensor;
 
+pub use auth::BearerToken;
 pub use batcher::BatchConfig;
 pub use error::{Error, Result};
 pub use server::{ModelServerConfig, ModelServerHandle, start_model_server};

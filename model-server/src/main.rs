@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use encore_common::process;
-use encore_model_server::{BatchConfig, ModelServerConfig, Split, start_model_server};
+use encore_model_server::{BatchConfig, BearerToken, ModelServerConfig, Split, start_model_server};
 
 /// Encore model server: TorchScript models from the registry over KServe v2
 /// gRPC, the typed encore.v1.Scoring API and Arrow Flight, on one port.
@@ -69,6 +69,10 @@ struct Args {
     /// A/B split, MODEL=SELECTOR:WEIGHT,... (selectors are aliases or versions); repeat per model.
     #[arg(long = "split", value_name = "MODEL=SPLIT")]
     splits: Vec<String>,
+    /// File holding a bearer token; gRPC calls must then send
+    /// `authorization: Bearer <token>` (health and metrics stay open).
+    #[arg(long, env = "ENCORE_MODEL_SERVER_AUTH_TOKEN_FILE")]
+    auth_token_file: Option<PathBuf>,
     /// Shadow version for a split model, MODEL=SELECTOR: gets a copy of its traffic, answers dropped.
     #[arg(long = "shadow", value_name = "MODEL=SELECTOR")]
     shadows: Vec<String>,
@@ -115,6 +119,20 @@ fn run() -> anyhow::Result<()> {
         anyhow::bail!("--max-batch-size, --max-queue-size and --instances must be at least 1");
     }
     let splits = splits(&args)?;
+    let auth_token = match &args.auth_token_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --auth-token-file {}", path.display()))?;
+            let token = text.trim();
+            anyhow::ensure!(
+                !token.is_empty(),
+                "--auth-token-file {} is empty",
+                path.display()
+            );
+            Some(BearerToken::new(token))
+        }
+        None => None,
+    };
     let config = ModelServerConfig {
         batch: BatchConfig {
             max_batch_size: args.max_batch_size,
@@ -125,6 +143,7 @@ fn run() -> anyhow::Result<()> {
         splits,
         poll_interval: Duration::from_secs_f64(args.poll_interval_seconds),
         torch_threads: args.torch_threads,
+        auth_token,
         registry: args.registry,
         models: args.models,
         bind_host: args.bind_host,

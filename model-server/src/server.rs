@@ -12,6 +12,7 @@ use tracing::info;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
 
+use crate::auth::{BearerToken, require_bearer};
 use crate::batcher::BatchConfig;
 use crate::error::{Error, Result};
 use crate::flight::FlightScoring;
@@ -22,7 +23,7 @@ use crate::scoring::ScoringService;
 use crate::store::{ModelStore, Split, StoreConfig};
 
 /// Everything the model server needs to start.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct ModelServerConfig {
     /// Registry root folder.
     pub registry: PathBuf,
@@ -43,6 +44,8 @@ pub struct ModelServerConfig {
     pub poll_interval: std::time::Duration,
     /// libtorch intra-op threads per model instance (0 keeps libtorch's default).
     pub torch_threads: usize,
+    /// When set, gRPC calls need `authorization: Bearer <token>`.
+    pub auth_token: Option<BearerToken>,
 }
 
 impl Default for ModelServerConfig {
@@ -57,6 +60,7 @@ impl Default for ModelServerConfig {
             splits: Default::default(),
             poll_interval: std::time::Duration::from_secs(5),
             torch_threads: 1,
+            auth_token: None,
         }
     }
 }
@@ -160,9 +164,11 @@ pub async fn start_model_server(config: ModelServerConfig) -> Result<ModelServer
     );
     let poller =
         (!config.poll_interval.is_zero()).then(|| store.spawn_poller(config.poll_interval));
+    let mut grpc = grpc.routes().into_axum_router();
+    if let Some(token) = config.auth_token.clone() {
+        grpc = grpc.layer(axum::middleware::from_fn_with_state(token, require_bearer));
+    }
     let app = grpc
-        .routes()
-        .into_axum_router()
         .layer(axum::middleware::from_fn_with_state(
             metrics.grpc.clone(),
             encore_common::metrics::record_grpc,

@@ -529,3 +529,34 @@ async fn metrics_and_health_share_the_grpc_port() {
         assert!(text.contains(name), "missing {name}:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn a_bearer_token_guards_grpc_but_not_health_or_metrics() {
+    let registry = tempfile::tempdir().unwrap();
+    export_churn(registry.path(), 1);
+    let server = serve_with(registry.path(), |c| {
+        c.auth_token = Some(encore_model_server::BearerToken::new("s3cret"));
+    })
+    .await;
+    let mut client = client(server.addr()).await;
+    let status = client.server_live(ServerLiveRequest {}).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    let mut wrong = tonic::Request::new(ServerLiveRequest {});
+    wrong
+        .metadata_mut()
+        .insert("authorization", "Bearer nope".parse().unwrap());
+    let status = client.server_live(wrong).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    assert!(status.message().contains("not valid"), "{status:?}");
+    let mut right = tonic::Request::new(request("churn", vec![user_ids(&[3])]));
+    right
+        .metadata_mut()
+        .insert("authorization", "Bearer s3cret".parse().unwrap());
+    client.model_infer(right).await.unwrap();
+    let addr = server.addr().to_string();
+    let (code, _) =
+        tokio::task::spawn_blocking(move || encore_tests::http_get(&addr, "/readyz").unwrap())
+            .await
+            .unwrap();
+    assert_eq!(code, 200);
+}

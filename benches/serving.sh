@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Side-by-side serving benchmark, one run on one machine:
+#   Encore model server (release build)  vs  a Python grpcio + torch KServe
+#   server (benches/peers/kserve_torch_server.py) serving the same
+#   TorchScript files and online snapshot.
+# Load: benches' `serving-load` (Rust, one thread), closed-loop concurrency
+# sweep per model, then an open-loop run of Encore churn at half its best
+# QPS, then Arrow Flight batch scoring. Each server runs alone while measured.
+#
+#   benches/serving.sh [--users 100000] [--items 100000] [--seconds 5]
+#
+# Writes benches/results/serving-<timestamp>.jsonl and prints a summary
+# (paste it into benches/RESULTS.md).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/env.sh
+scripts/setup.sh >/dev/null
+
+USERS=100000 ITEMS=100000 SECONDS_PER_LEVEL=5 LEVELS=1,2,4,8,16,32,64
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --users) USERS=$2; shift 2 ;;
+        --items) ITEMS=$2; shift 2 ;;
+        --seconds) SECONDS_PER_LEVEL=$2; shift 2 ;;
+        --levels) LEVELS=$2; shift 2 ;;
+        *) echo "unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+
+echo "bench: building release binaries" >&2
+cargo build --release --locked -p encore-model-server -p encore-benches --bins >&2
+BIN=${CARGO_TARGET_DIR:-target}/release
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+echo "bench: exporting models ($USERS users, $ITEMS items)" >&2
+python benches/peers/export_models.py --registry "$WORK/registry" --users "$USERS" --items "$ITEMS" >&2
+
+# Starts a server whose first stdout line ends with host:port; sets ADDR.
+start() {
+    local log=$1; shift
+    "$@" >"$log" 2>"$log.err" &
+    PIDS+=($!)
+    for _ in $(seq 1 600); do
+        if [ -s "$log" ]; then ADDR=$(head -1 "$log" | awk '{print $NF}'); return; fi
+        sleep 0.1
+    done
+    echo "server did not start: $*" >&2; cat "$log.err" >&2; exit 1
+}
+
+mkdir -p benches/results
+OUT=benches/results/serving-$(date -u +%Y%m%dT%H%M%SZ).jsonl
+{
+    echo "{\"machine\": \"$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GB", $2/1048576}' /proc/meminfo)\", \"users\": $USERS, \"items\": $ITEMS, \"seconds_per_level\": $SECONDS_PER_LEVEL, \"git\": \"$(git rev-parse --short HEAD)\"}"
+} >"$OUT"
+
+run_side() {
+    local label=$1
+    for model in churn recommend; do
+        echo "bench: $label $model, concurrency $LEVELS" >&2
+        "$BIN/serving-load" --addr "$ADDR" --model "$model" --users "$USERS" \
+            --concurrency "$LEVELS" --seconds "$SECONDS_PER_LEVEL" --label "$label" | tee -a "$OUT" >&2
+    done
+}
+
+start "$WORK/encore.out" "$BIN/encore-model-server" --registry "$WORK/registry" --bind-port 0 --poll-interval-seconds 0
+run_side encore
+best_churn=$(python - "$OUT" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if '"label"' in l]
+ok = [r["qps"] for r in rows if r["label"] == "encore" and r["model"] == "churn" and r["p99_ms"] < 5 and r["errors"] == 0]
+print(int(max(ok)) if ok else 100)
+PY
+)
+half=$((best_churn / 2))
+echo "bench: encore churn open loop at $half req/s (half of $best_churn)" >&2
+"$BIN/serving-load" --addr "$ADDR" --model churn --users "$USERS" --rate "$half" --seconds 10 --label encore-half-max | tee -a "$OUT" >&2
+echo "bench: encore Flight batch scoring" >&2
+"$BIN/flight-throughput" --addr "$ADDR" --users 2000000 --snapshot-users "$USERS" | tee -a "$OUT" >&2
+kill "${PIDS[0]}"; wait "${PIDS[0]}" 2>/dev/null || true
+
+start "$WORK/python.out" python benches/peers/kserve_torch_server.py --registry "$WORK/registry" --port 0 --workers 8 --torch-threads 1
+run_side python
+kill "${PIDS[1]}"; wait "${PIDS[1]}" 2>/dev/null || true
+
+python - "$OUT" <<'PY'
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+meta, rows = lines[0], lines[1:]
+print(f"machine: {meta['machine']}; {meta['users']} users, {meta['items']} items; {meta['seconds_per_level']} s per level; commit {meta['git']}")
+print()
+print("| model | server | concurrency | QPS | p50 ms | p99 ms | errors |")
+print("|---|---|---:|---:|---:|---:|---:|")
+for r in rows:
+    if "concurrency" in r:
+        print(f"| {r['model']} | {r['label']} | {r['concurrency']} | {r['qps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |")
+print()
+best = {}
+for r in rows:
+    if "concurrency" in r and r["p99_ms"] < 5 and r["errors"] == 0:
+        key = (r["model"], r["label"])
+        if r["qps"] > best.get(key, (0,))[0]:
+            best[key] = (r["qps"], r["p99_ms"], r["concurrency"])
+print("| model | Encore max QPS (p99 < 5 ms) | Python max QPS (p99 < 5 ms) | ratio |")
+print("|---|---:|---:|---:|")
+for model in ["churn", "recommend"]:
+    e = best.get((model, "encore"), (0, 0, 0)); p = best.get((model, "python"), (0, 0, 0))
+    ratio = e[0] / p[0] if p[0] else float("inf")
+    print(f"| {model} | {e[0]:.0f} (p99 {e[1]:.2f} ms, c={e[2]}) | {p[0]:.0f} (p99 {p[1]:.2f} ms, c={p[2]}) | {ratio:.1f}x |")
+for r in rows:
+    if "rate" in r:
+        print(f"\nEncore churn open loop at {r['rate']:.0f} req/s: p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms, {r['errors']} errors")
+    if "users_per_second" in r:
+        print(f"Encore Flight batch churn scoring: {r['users']} users in {r['seconds']:.2f} s = {r['users_per_second']/1e6:.2f} M users/s (batches of {r['batch_rows']})")
+PY
+echo "bench: raw results in $OUT" >&2

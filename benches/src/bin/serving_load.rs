@@ -1,0 +1,209 @@
+//! `serving-load`: a KServe v2 gRPC load generator (in the manner of
+//! Triton's perf_analyzer) for the Encore model server and its Python peer.
+//!
+//! - `--concurrency 1,2,4,...`: closed loop: that many requests in flight,
+//!   each sent when the previous one returns; one JSON line per level.
+//! - `--rate R`: open loop: R requests/s on a fixed schedule; latency counts
+//!   from the scheduled send time, so a slow server is not hidden by a
+//!   waiting client.
+//!
+//! It runs on one thread, so the server under test keeps the other core.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use encore_benches::{Rng, Summary, churn_request, recommend_request};
+use encore_proto::inference::ModelInferRequest;
+use encore_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "serving-load",
+    after_help = "Examples:\n  serving-load --addr 127.0.0.1:8001 --model churn --concurrency 1,4,16\n  serving-load --addr 127.0.0.1:8001 --model recommend --rate 500 --seconds 10"
+)]
+struct Args {
+    /// Server address host:port (KServe v2 gRPC).
+    #[arg(long)]
+    addr: String,
+    /// `churn` (one user per request) or `recommend` (top-k for one user).
+    #[arg(long, default_value = "churn")]
+    model: String,
+    /// Users are drawn uniformly from 1..=users.
+    #[arg(long, default_value_t = 100_000)]
+    users: i64,
+    /// Items per recommendation.
+    #[arg(long, default_value_t = 10)]
+    k: i32,
+    /// Closed-loop concurrency levels, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32")]
+    concurrency: Vec<usize>,
+    /// Open-loop request rate per second (instead of the concurrency sweep).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Measured seconds per level.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Unmeasured warm-up seconds per level.
+    #[arg(long, default_value_t = 1.0)]
+    warmup_seconds: f64,
+    /// HTTP/2 connections to spread requests over.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Label written into each JSON line (e.g. encore, python).
+    #[arg(long, default_value = "server")]
+    label: String,
+}
+
+const DEVICES: [&str; 6] = ["mobile", "desktop", "tablet", "tv", "car", "speaker"];
+
+/// What each request asks for.
+#[derive(Debug, Clone, Copy)]
+struct Workload {
+    recommend: bool,
+    users: i64,
+    k: i32,
+}
+
+impl Workload {
+    fn of(args: &Args) -> Self {
+        Self {
+            recommend: args.model == "recommend",
+            users: args.users,
+            k: args.k,
+        }
+    }
+
+    fn request(&self, rng: &mut Rng) -> ModelInferRequest {
+        let user = 1 + rng.below(self.users as u64) as i64;
+        if self.recommend {
+            let hour = rng.below(24) as i32;
+            let device = DEVICES[rng.below(DEVICES.len() as u64) as usize];
+            recommend_request(user, self.k, hour, device)
+        } else {
+            churn_request(user)
+        }
+    }
+}
+
+async fn clients(args: &Args) -> anyhow::Result<Vec<GrpcInferenceServiceClient<Channel>>> {
+    let mut out = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        let channel = Endpoint::from_shared(format!("http://{}", args.addr))?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to {}", args.addr))?;
+        out.push(GrpcInferenceServiceClient::new(channel).max_decoding_message_size(64 << 20));
+    }
+    Ok(out)
+}
+
+/// Closed loop at `concurrency` for `seconds` (after the warm-up).
+async fn closed_loop(args: &Args, concurrency: usize) -> anyhow::Result<Summary> {
+    let clients = clients(args).await?;
+    let warmup = Duration::from_secs_f64(args.warmup_seconds);
+    let measure = Duration::from_secs_f64(args.seconds);
+    let start = Instant::now();
+    let (from, until) = (start + warmup, start + warmup + measure);
+    let mut tasks = Vec::new();
+    for i in 0..concurrency {
+        let mut client = clients[i % clients.len()].clone();
+        let mut rng = Rng::new(i as u64 + 1);
+        let workload = Workload::of(args);
+        tasks.push(tokio::spawn(async move {
+            let (mut latencies, mut errors) = (Vec::new(), 0usize);
+            loop {
+                let sent = Instant::now();
+                if sent >= until {
+                    break;
+                }
+                let result = client.model_infer(workload.request(&mut rng)).await;
+                if sent >= from {
+                    match result {
+                        Ok(_) => latencies.push(sent.elapsed()),
+                        Err(_) => errors += 1,
+                    }
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let (mut latencies, mut errors) = (Vec::new(), 0);
+    for task in tasks {
+        let (l, e) = task.await?;
+        latencies.extend(l);
+        errors += e;
+    }
+    Ok(Summary::of(latencies, errors, measure))
+}
+
+/// Open loop at `rate` requests/s.
+async fn open_loop(args: &Args, rate: f64) -> anyhow::Result<Summary> {
+    let clients = clients(args).await?;
+    let warmup = Duration::from_secs_f64(args.warmup_seconds);
+    let measure = Duration::from_secs_f64(args.seconds);
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let start = Instant::now() + Duration::from_millis(10);
+    let (from, until) = (start + warmup, start + warmup + measure);
+    let mut rng = Rng::new(7);
+    let mut tasks = Vec::new();
+    for i in 0u64.. {
+        let due = start + interval.mul_f64(i as f64);
+        if due >= until {
+            break;
+        }
+        tokio::time::sleep_until(due.into()).await;
+        let mut client = clients[i as usize % clients.len()].clone();
+        let req = Workload::of(args).request(&mut rng);
+        tasks.push(tokio::spawn(async move {
+            let result = client.model_infer(req).await;
+            (due, due.elapsed(), result.is_ok())
+        }));
+    }
+    let (mut latencies, mut errors) = (Vec::new(), 0);
+    for task in tasks {
+        let (due, latency, ok) = task.await?;
+        if due >= from {
+            if ok {
+                latencies.push(latency);
+            } else {
+                errors += 1;
+            }
+        }
+    }
+    Ok(Summary::of(latencies, errors, measure))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(
+        args.model == "churn" || args.model == "recommend",
+        "--model must be churn or recommend"
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        if let Some(rate) = args.rate {
+            anyhow::ensure!(rate > 0.0, "--rate must be positive");
+            let s = open_loop(&args, rate).await?;
+            let mut line = s.to_json();
+            line["label"] = args.label.clone().into();
+            line["model"] = args.model.clone().into();
+            line["rate"] = rate.into();
+            println!("{line}");
+        } else {
+            for &c in &args.concurrency {
+                let s = closed_loop(&args, c).await?;
+                let mut line = s.to_json();
+                line["label"] = args.label.clone().into();
+                line["model"] = args.model.clone().into();
+                line["concurrency"] = c.into();
+                println!("{line}");
+            }
+        }
+        Ok(())
+    })
+}
