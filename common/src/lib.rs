@@ -44,12 +44,3 @@ impl FromStr for SchedulingPolicy {
         }
     }
 }
-
-impl From<SchedulingPolicy> for ballista_core::config::TaskSchedulingPolicy {
-    fn from(p: SchedulingPolicy) -> Self {
-        match p {
-            SchedulingPolicy::PushStaged => Self::PushStaged,
-            SchedulingPolicy::PullStaged => Self::PullStaged,
-        }
-    }
-}

@@ -201,7 +201,14 @@ pub async fn start_executor(config: ExecutorConfig) -> Result<ExecutorHandle> {
         scheduler_port: config.scheduler_port,
         scheduler_connect_timeout_seconds: 0,
         vcores: slots,
-        task_scheduling_policy: config.task_scheduling_policy.into(),
+        task_scheduling_policy: match config.task_scheduling_policy {
+            crate::SchedulingPolicy::PushStaged => {
+                ballista_core::config::TaskSchedulingPolicy::PushStaged
+            }
+            crate::SchedulingPolicy::PullStaged => {
+                ballista_core::config::TaskSchedulingPolicy::PullStaged
+            }
+        },
         work_dir: work_dir.map(|p| p.to_string_lossy().into_owned()),
         executor_heartbeat_interval_seconds: config.executor_heartbeat_interval_seconds,
         grpc_max_decoding_message_size: config.grpc_max_message_bytes,

@@ -149,7 +149,14 @@ impl SchedulerConfig {
         let mut c = ballista_scheduler::config::SchedulerConfig::default()
             .with_hostname(self.advertised_host())
             .with_port(bound_port)
-            .with_scheduler_policy(self.scheduler_policy.into())
+            .with_scheduler_policy(match self.scheduler_policy {
+                SchedulingPolicy::PushStaged => {
+                    ballista_core::config::TaskSchedulingPolicy::PushStaged
+                }
+                SchedulingPolicy::PullStaged => {
+                    ballista_core::config::TaskSchedulingPolicy::PullStaged
+                }
+            })
             .with_grpc_server_max_decoding_message_size(self.grpc_max_message_bytes)
             .with_grpc_server_max_encoding_message_size(self.grpc_max_message_bytes)
             .with_grpc_client_max_message_size(self.grpc_max_message_bytes);

@@ -560,3 +560,28 @@ async fn a_bearer_token_guards_grpc_but_not_health_or_metrics() {
             .unwrap();
     assert_eq!(code, 200);
 }
+
+#[tokio::test]
+async fn oversized_messages_are_refused_and_the_server_keeps_serving() {
+    let registry = tempfile::tempdir().unwrap();
+    export_churn(registry.path(), 1);
+    let server = serve_with(registry.path(), |c| c.grpc_max_message_bytes = 4096).await;
+    let mut client = client(server.addr()).await;
+    let rows = vec![[0.1f32, 0.2, 0.3]; 2000];
+    let status = client
+        .model_infer(request("churn", vec![features(&rows)]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            status.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+        ),
+        "{status:?}"
+    );
+    assert!(status.message().contains("too large"), "{status:?}");
+    client
+        .model_infer(request("churn", vec![features(&rows[..10])]))
+        .await
+        .unwrap();
+}
