@@ -26,9 +26,11 @@ mod server;
 pub mod snapshot;
 pub mod store;
 pub mod tensor;
+pub mod tls;
 
 pub use auth::BearerToken;
 pub use batcher::BatchConfig;
 pub use error::{Error, Result};
 pub use server::{ModelServerConfig, ModelServerHandle, start_model_server};
 pub use store::Split;
+pub use tls::TlsFiles;

@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use encore_common::process;
-use encore_model_server::{BatchConfig, BearerToken, ModelServerConfig, Split, start_model_server};
+use encore_model_server::{
+    BatchConfig, BearerToken, ModelServerConfig, Split, TlsFiles, start_model_server,
+};
 
 /// Encore model server: TorchScript models from the registry over KServe v2
 /// gRPC, the typed encore.v1.Scoring API and Arrow Flight, on one port.
@@ -73,6 +75,12 @@ struct Args {
     /// `authorization: Bearer <token>` (health and metrics stay open).
     #[arg(long, env = "ENCORE_MODEL_SERVER_AUTH_TOKEN_FILE")]
     auth_token_file: Option<PathBuf>,
+    /// PEM certificate chain: serve TLS (needs --tls-key).
+    #[arg(long, env = "ENCORE_MODEL_SERVER_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "ENCORE_MODEL_SERVER_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Shadow version for a split model, MODEL=SELECTOR: gets a copy of its traffic, answers dropped.
     #[arg(long = "shadow", value_name = "MODEL=SELECTOR")]
     shadows: Vec<String>,
@@ -144,6 +152,11 @@ fn run() -> anyhow::Result<()> {
         poll_interval: Duration::from_secs_f64(args.poll_interval_seconds),
         torch_threads: args.torch_threads,
         auth_token,
+        tls: args
+            .tls_cert
+            .clone()
+            .zip(args.tls_key.clone())
+            .map(|(cert, key)| TlsFiles { cert, key }),
         registry: args.registry,
         models: args.models,
         bind_host: args.bind_host,

@@ -21,6 +21,7 @@ use crate::metrics::ServerMetrics;
 use crate::registry::Registry;
 use crate::scoring::ScoringService;
 use crate::store::{ModelStore, Split, StoreConfig};
+use crate::tls::{TlsFiles, TlsListener};
 
 /// Everything the model server needs to start.
 #[derive(Debug, Clone)]
@@ -46,6 +47,8 @@ pub struct ModelServerConfig {
     pub torch_threads: usize,
     /// When set, gRPC calls need `authorization: Bearer <token>`.
     pub auth_token: Option<BearerToken>,
+    /// When set, the port speaks TLS (gRPC over h2, HTTPS for /metrics...).
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for ModelServerConfig {
@@ -61,6 +64,7 @@ impl Default for ModelServerConfig {
             poll_interval: std::time::Duration::from_secs(5),
             torch_threads: 1,
             auth_token: None,
+            tls: None,
         }
     }
 }
@@ -118,6 +122,8 @@ pub async fn start_model_server(config: ModelServerConfig) -> Result<ModelServer
     let registry = Registry::new(&config.registry);
     let metrics =
         Arc::new(ServerMetrics::new().map_err(|e| Error::Internal(format!("metrics: {e}")))?);
+    // Certificate problems surface before anything loads or binds.
+    let tls = config.tls.as_ref().map(TlsFiles::acceptor).transpose()?;
     if config.torch_threads > 0 {
         tch::set_num_threads(config.torch_threads as i32);
     }
@@ -176,15 +182,34 @@ pub async fn start_model_server(config: ModelServerConfig) -> Result<ModelServer
         .merge(http_routes(store, metrics));
     info!(%addr, models = ?models, "encore model server listening");
 
-    let server = ServerTask::spawn(|stop| async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-            .map_err(|e| Error::Internal(format!("server: {e}")));
-        if let Some(poller) = poller {
-            poller.abort();
+    let server = match tls {
+        Some(acceptor) => {
+            let listener = TlsListener::new(listener, acceptor)
+                .map_err(|e| Error::Internal(format!("TLS listener: {e}")))?;
+            ServerTask::spawn(|stop| serve(listener, app, stop, poller))
         }
-        served
-    });
+        None => ServerTask::spawn(|stop| serve(listener, app, stop, poller)),
+    };
     Ok(ModelServerHandle { addr, server })
+}
+
+/// Serves `app` on `listener` until `stop`, then stops the alias poller.
+async fn serve<L>(
+    listener: L,
+    app: axum::Router,
+    stop: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    poller: Option<tokio::task::JoinHandle<()>>,
+) -> Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+        .map_err(|e| Error::Internal(format!("server: {e}")));
+    if let Some(poller) = poller {
+        poller.abort();
+    }
+    served
 }

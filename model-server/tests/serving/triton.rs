@@ -70,3 +70,71 @@ async fn tritonclient_grpc_drives_churn_and_recommend() {
     .unwrap();
     assert!(text.contains("tritonclient ok"), "{text}");
 }
+
+const TLS_CLIENT: &str = r#"
+import sys
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+addr, cert = sys.argv[1], sys.argv[2]
+c = grpcclient.InferenceServerClient(addr, ssl=True, root_certificates=cert)
+auth = {"authorization": "Bearer s3cret"}
+assert c.is_server_live(headers=auth)
+ids = grpcclient.InferInput("user_id", [1], "INT64")
+ids.set_data_from_numpy(np.array([100], dtype=np.int64))
+assert c.infer("churn", [ids], headers=auth).as_numpy("risk_tier")[0] == b"high"
+try:
+    c.infer("churn", [ids])
+    raise SystemExit("a call without the token was served")
+except InferenceServerException as e:
+    assert "UNAUTHENTICATED" in str(e.status()), e
+plain = grpcclient.InferenceServerClient(addr)
+try:
+    plain.is_server_live(headers=auth)
+    raise SystemExit("plaintext was served on a TLS port")
+except InferenceServerException:
+    pass
+print("tls ok")
+"#;
+
+#[tokio::test]
+async fn tritonclient_over_tls_with_a_bearer_token() {
+    let registry = tempfile::tempdir().unwrap();
+    export_churn(registry.path(), 1);
+    let certs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/serving/tls");
+    let server = serve_with(registry.path(), |c| {
+        c.auth_token = Some(encore_model_server::BearerToken::new("s3cret"));
+        c.tls = Some(encore_model_server::TlsFiles {
+            cert: certs.join("cert.pem"),
+            key: certs.join("key.pem"),
+        });
+    })
+    .await;
+    let addr = server.addr().to_string();
+    let dir = registry.path().to_path_buf();
+    let cert = certs.join("cert.pem").display().to_string();
+    let text = tokio::task::spawn_blocking(move || {
+        run_python(&dir, "tls_client.py", TLS_CLIENT, &[&addr, &cert])
+    })
+    .await
+    .unwrap();
+    assert!(text.contains("tls ok"), "{text}");
+
+    // A missing key file is a start-up error naming the file.
+    let bad = encore_model_server::ModelServerConfig {
+        registry: registry.path().to_path_buf(),
+        bind_port: 0,
+        tls: Some(encore_model_server::TlsFiles {
+            cert: certs.join("cert.pem"),
+            key: certs.join("missing.pem"),
+        }),
+        ..Default::default()
+    };
+    let err = encore_model_server::start_model_server(bad)
+        .await
+        .err()
+        .expect("a missing key must fail the start")
+        .to_string();
+    assert!(err.contains("missing.pem"), "{err}");
+}
