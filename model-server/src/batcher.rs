@@ -37,7 +37,7 @@ impl Default for BatchConfig {
     fn default() -> Self {
         Self {
             max_batch_size: 256,
-            max_queue_delay: Duration::from_micros(500),
+            max_queue_delay: Duration::ZERO,
             max_queue_size: 4096,
             instances: 2,
         }

@@ -188,7 +188,14 @@ pub async fn start_model_server(config: ModelServerConfig) -> Result<ModelServer
                 .map_err(|e| Error::Internal(format!("TLS listener: {e}")))?;
             ServerTask::spawn(|stop| serve(listener, app, stop, poller))
         }
-        None => ServerTask::spawn(|stop| serve(listener, app, stop, poller)),
+        None => {
+            // Small gRPC responses must not wait for Nagle's algorithm.
+            use axum::serve::ListenerExt;
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            ServerTask::spawn(|stop| serve(listener, app, stop, poller))
+        }
     };
     Ok(ModelServerHandle { addr, server })
 }

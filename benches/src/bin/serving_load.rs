@@ -3,8 +3,8 @@
 //!
 //! - `--concurrency 1,2,4,...`: closed loop: that many requests in flight,
 //!   each sent when the previous one returns; one JSON line per level.
-//! - `--rate R`: open loop: R requests/s on a fixed schedule; latency counts
-//!   from the scheduled send time, so a slow server is not hidden by a
+//! - `--rate R`: open loop: R requests/s on a fixed schedule, sent whether
+//!   or not earlier ones have returned, so a slow server is not hidden by a
 //!   waiting client.
 //!
 //! It runs on one thread, so the server under test keeps the other core.
@@ -139,8 +139,11 @@ async fn closed_loop(args: &Args, concurrency: usize) -> anyhow::Result<Summary>
     Ok(Summary::of(latencies, errors, measure))
 }
 
-/// Open loop at `rate` requests/s.
-async fn open_loop(args: &Args, rate: f64) -> anyhow::Result<Summary> {
+/// Open loop at `rate` requests/s. Sends follow a fixed schedule whatever
+/// the responses do (no coordinated omission); latency is measured from the
+/// actual send, and how late sends left (tokio's timer ticks at 1 ms, so
+/// requests due within a tick leave together) is reported beside it.
+async fn open_loop(args: &Args, rate: f64) -> anyhow::Result<(Summary, f64)> {
     let clients = clients(args).await?;
     let warmup = Duration::from_secs_f64(args.warmup_seconds);
     let measure = Duration::from_secs_f64(args.seconds);
@@ -158,14 +161,16 @@ async fn open_loop(args: &Args, rate: f64) -> anyhow::Result<Summary> {
         let mut client = clients[i as usize % clients.len()].clone();
         let req = Workload::of(args).request(&mut rng);
         tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
             let result = client.model_infer(req).await;
-            (due, due.elapsed(), result.is_ok())
+            (due, sent - due, sent.elapsed(), result.is_ok())
         }));
     }
-    let (mut latencies, mut errors) = (Vec::new(), 0);
+    let (mut latencies, mut lags, mut errors) = (Vec::new(), Vec::new(), 0);
     for task in tasks {
-        let (due, latency, ok) = task.await?;
+        let (due, lag, latency, ok) = task.await?;
         if due >= from {
+            lags.push(lag);
             if ok {
                 latencies.push(latency);
             } else {
@@ -173,7 +178,11 @@ async fn open_loop(args: &Args, rate: f64) -> anyhow::Result<Summary> {
             }
         }
     }
-    Ok(Summary::of(latencies, errors, measure))
+    lags.sort_unstable();
+    let lag_p99 = lags
+        .get(lags.len().saturating_sub(1) * 99 / 100)
+        .map_or(0.0, |d| d.as_secs_f64() * 1e3);
+    Ok((Summary::of(latencies, errors, measure), lag_p99))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -188,8 +197,9 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         if let Some(rate) = args.rate {
             anyhow::ensure!(rate > 0.0, "--rate must be positive");
-            let s = open_loop(&args, rate).await?;
+            let (s, lag_p99) = open_loop(&args, rate).await?;
             let mut line = s.to_json();
+            line["send_lag_p99_ms"] = lag_p99.into();
             line["label"] = args.label.clone().into();
             line["model"] = args.model.clone().into();
             line["rate"] = rate.into();

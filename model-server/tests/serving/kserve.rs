@@ -585,3 +585,27 @@ async fn oversized_messages_are_refused_and_the_server_keeps_serving() {
         .await
         .unwrap();
 }
+
+#[test]
+fn bad_server_flags_exit_1_naming_the_flag() {
+    let registry = tempfile::tempdir().unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (&["--split", "churn=production:x"], "weight 'x'"),
+        (&["--shadow", "churn=staging"], "needs a --split"),
+        (&["--max-batch-size", "0"], "--max-batch-size"),
+        (&["--auth-token-file", "/nonexistent/token"], "--auth-token-file"),
+    ];
+    for (flags, needle) in cases {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_encore-model-server"))
+            .arg("--registry")
+            .arg(registry.path())
+            .args(["--bind-port", "0"])
+            .args(flags)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flags:?}: {stderr}");
+        assert!(stderr.contains(needle), "{flags:?}: '{needle}' not in {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
