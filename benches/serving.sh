@@ -77,7 +77,30 @@ PY
 )
 half=$((best_churn / 2))
 echo "bench: encore churn open loop at $half req/s (half of $best_churn)" >&2
+# The server's own view of the same run: its request-latency histogram
+# (decode to response, no network or client), read before and after.
+metrics() { python -c 'import sys, urllib.request; print(urllib.request.urlopen("http://" + sys.argv[1] + "/metrics").read().decode())' "$ADDR"; }
+metrics >"$WORK/metrics.before"
 "$BIN/serving-load" --addr "$ADDR" --model churn --users "$USERS" --rate "$half" --seconds 10 --label encore-half-max | tee -a "$OUT" >&2
+metrics >"$WORK/metrics.after"
+python - "$WORK/metrics.before" "$WORK/metrics.after" "$half" <<'PY' | tee -a "$OUT" >&2
+import json, re, sys
+def buckets(path):
+    out = {}
+    for line in open(path):
+        m = re.match(r'encore_model_server_request_duration_seconds_bucket\{(.*)\} (\S+)', line)
+        if m:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+            if labels.get("model") == "churn" and labels.get("method") == "ModelInfer":
+                out[float(labels["le"])] = float(m.group(2))
+    return out
+before, after = buckets(sys.argv[1]), buckets(sys.argv[2])
+delta = sorted((le, after[le] - before.get(le, 0)) for le in after)
+total = delta[-1][1]
+p = {q: next(le for le, n in delta if n >= q * total) for q in (0.5, 0.99)}
+print(json.dumps({"label": "encore-half-max-server-side", "rate": float(sys.argv[3]), "requests": total,
+                  "p50_le_ms": p[0.5] * 1e3, "p99_le_ms": p[0.99] * 1e3}))
+PY
 echo "bench: encore Flight batch scoring" >&2
 "$BIN/flight-throughput" --addr "$ADDR" --users 2000000 --snapshot-users "$USERS" | tee -a "$OUT" >&2
 kill "${PIDS[0]}"; wait "${PIDS[0]}" 2>/dev/null || true
@@ -111,8 +134,10 @@ for model in ["churn", "recommend"]:
     ratio = e[0] / p[0] if p[0] else float("inf")
     print(f"| {model} | {e[0]:.0f} (p99 {e[1]:.2f} ms, c={e[2]}) | {p[0]:.0f} (p99 {p[1]:.2f} ms, c={p[2]}) | {ratio:.1f}x |")
 for r in rows:
-    if "rate" in r:
-        print(f"\nEncore churn open loop at {r['rate']:.0f} req/s: p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms, {r['errors']} errors")
+    if "rate" in r and "p99_ms" in r:
+        print(f"\nEncore churn open loop at {r['rate']:.0f} req/s, client view: p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms, {r['errors']} errors (client send lag p99 {r.get('send_lag_p99_ms', 0):.2f} ms)")
+    if "p99_le_ms" in r:
+        print(f"Same run, server view (request histogram, bucket bounds): p50 <= {r['p50_le_ms']:.3f} ms, p99 <= {r['p99_le_ms']:.3f} ms over {r['requests']:.0f} requests")
     if "users_per_second" in r:
         print(f"Encore Flight batch churn scoring: {r['users']} users in {r['seconds']:.2f} s = {r['users_per_second']/1e6:.2f} M users/s (batches of {r['batch_rows']})")
 PY

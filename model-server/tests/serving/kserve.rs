@@ -593,7 +593,10 @@ fn bad_server_flags_exit_1_naming_the_flag() {
         (&["--split", "churn=production:x"], "weight 'x'"),
         (&["--shadow", "churn=staging"], "needs a --split"),
         (&["--max-batch-size", "0"], "--max-batch-size"),
-        (&["--auth-token-file", "/nonexistent/token"], "--auth-token-file"),
+        (
+            &["--auth-token-file", "/nonexistent/token"],
+            "--auth-token-file",
+        ),
     ];
     for (flags, needle) in cases {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_encore-model-server"))
@@ -605,7 +608,10 @@ fn bad_server_flags_exit_1_naming_the_flag() {
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{flags:?}: {stderr}");
-        assert!(stderr.contains(needle), "{flags:?}: '{needle}' not in {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{flags:?}: '{needle}' not in {stderr}"
+        );
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
