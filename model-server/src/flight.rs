@@ -64,6 +64,16 @@ impl FlightScoring {
     pub fn new(store: Arc<ModelStore>) -> Self {
         Self { store }
     }
+
+    /// The version a descriptor names (its default route when it names none).
+    fn model(&self, descriptor: &FlightDescriptor) -> Result<Arc<ServedModel>> {
+        let target = target(descriptor)?;
+        Ok(self
+            .store
+            .deployment(&target.model)?
+            .select(&target.version, 0, &self.store.registry)?
+            .model)
+    }
 }
 
 /// What a descriptor asks for.
@@ -319,14 +329,7 @@ async fn score_recommend(
         None => vec![String::new(); n],
     };
     let none = HashSet::new();
-    let queries: Vec<RecommendQuery> = (0..n)
-        .map(|i| RecommendQuery {
-            user_id: ids[i],
-            hour: hours[i],
-            device: &devices[i],
-            exclude: &none,
-        })
-        .collect();
+    let queries = RecommendQuery::rows(&ids, &hours, &devices, &none);
     let chunk = (CHUNK_ROWS / k.max(1)).max(64);
     let parts =
         futures::future::try_join_all(queries.chunks(chunk).map(|q| model.recommend(q, k, None)))
@@ -398,12 +401,7 @@ impl FlightService for FlightScoring {
         &self,
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<FlightInfo>, Status> {
-        let target = target(request.get_ref())?;
-        let model = self
-            .store
-            .deployment(&target.model)?
-            .select(&target.version, 0, &self.store.registry)?
-            .model;
+        let model = self.model(request.get_ref())?;
         Ok(Response::new(flight_info(&model)?))
     }
 
@@ -418,12 +416,7 @@ impl FlightService for FlightScoring {
         &self,
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<SchemaResult>, Status> {
-        let target = target(request.get_ref())?;
-        let model = self
-            .store
-            .deployment(&target.model)?
-            .select(&target.version, 0, &self.store.registry)?
-            .model;
+        let model = self.model(request.get_ref())?;
         let schema = output_schema(&model, true);
         let result = SchemaAsIpc::new(&schema, &IpcWriteOptions::default())
             .try_into()

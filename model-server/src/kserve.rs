@@ -249,26 +249,12 @@ async fn infer_recommend(
         _ => vec![String::new(); n],
     };
     let none = HashSet::new();
-    let queries: Vec<RecommendQuery> = (0..n)
-        .map(|i| RecommendQuery {
-            user_id: ids[i],
-            hour: hours[i],
-            device: &devices[i],
-            exclude: &none,
-        })
-        .collect();
+    let queries = RecommendQuery::rows(&ids, &hours, &devices, &none);
     if let Some((s, metrics)) = shadow_model {
         let (ids, hours, devices) = (ids.clone(), hours.clone(), devices.clone());
         shadow(metrics, s.manifest.name.clone(), async move {
             let none = HashSet::new();
-            let queries: Vec<RecommendQuery> = (0..ids.len())
-                .map(|i| RecommendQuery {
-                    user_id: ids[i],
-                    hour: hours[i],
-                    device: &devices[i],
-                    exclude: &none,
-                })
-                .collect();
+            let queries = RecommendQuery::rows(&ids, &hours, &devices, &none);
             s.recommend(&queries, k, None).await
         });
     }

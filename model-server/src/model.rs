@@ -58,6 +58,28 @@ pub struct RecommendQuery<'a> {
     pub exclude: &'a HashSet<i64>,
 }
 
+impl<'a> RecommendQuery<'a> {
+    /// One query per row of parallel user id, hour and device columns, none
+    /// excluding anything (`nothing` is an empty set the queries borrow).
+    pub fn rows(
+        ids: &[i64],
+        hours: &[i32],
+        devices: &'a [String],
+        nothing: &'a HashSet<i64>,
+    ) -> Vec<Self> {
+        ids.iter()
+            .zip(hours)
+            .zip(devices)
+            .map(|((&user_id, &hour), device)| RecommendQuery {
+                user_id,
+                hour,
+                device,
+                exclude: nothing,
+            })
+            .collect()
+    }
+}
+
 impl ServedModel {
     /// Loads version `version` of `name`: manifest, contract check, snapshot,
     /// and `batch.instances` copies of `model.pt` on `device`.
