@@ -26,6 +26,7 @@ enum Command {
     Standalone(commands::standalone::Args),
     Demo(commands::demo::Args),
     Datagen(commands::datagen::Args),
+    Import(commands::import::Args),
 }
 
 fn main() {
@@ -46,6 +47,7 @@ fn main() {
                 Command::Standalone(args) => commands::standalone::run(args).await,
                 Command::Demo(args) => commands::demo::run(args).await,
                 Command::Datagen(args) => commands::datagen::run(args).await,
+                Command::Import(args) => commands::import::run(args).await,
             }
         }),
         Err(e) => Err(anyhow::anyhow!("cannot start the tokio runtime: {e}")),

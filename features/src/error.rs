@@ -38,9 +38,12 @@ pub enum Error {
         /// The file.
         path: PathBuf,
     },
-    /// A generator parameter is out of range.
-    #[error("invalid generator setting: {0}")]
+    /// A setting (generator parameter, id key, table name) is invalid.
+    #[error("invalid setting: {0}")]
     InvalidSpec(String),
+    /// Input data is malformed; the message names file, line and column.
+    #[error("{0}")]
+    BadInput(String),
     /// Reading or writing a file failed.
     #[error("{}: {source}", path.display())]
     Io {

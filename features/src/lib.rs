@@ -8,7 +8,9 @@
 
 pub mod datagen;
 pub mod error;
+pub mod import;
 pub mod schema;
 pub mod tables;
+pub mod validate;
 
 pub use error::{Error, Result};

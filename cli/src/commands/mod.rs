@@ -2,5 +2,6 @@
 
 pub mod datagen;
 pub mod demo;
+pub mod import;
 pub mod sql;
 pub mod standalone;

@@ -329,3 +329,41 @@ fn servers_reject_bad_settings_and_unreachable_schedulers() {
         "executor error does not name the scheduler: {err}"
     );
 }
+
+#[test]
+fn import_cdnow_from_its_original_file_and_refuse_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("CDNOW_master.txt");
+    std::fs::write(
+        &src,
+        " 00001 19970101  1   11.77\r\n 00002 19970112  5   77.00\r\n",
+    )
+    .unwrap();
+    let (src_s, out) = (src.display().to_string(), dir.path().join("tables"));
+    let out_s = out.display().to_string();
+    let (code, stdout, stderr) =
+        encore_tests::encore(&["import", "cdnow", "--src", &src_s, "--out", &out_s]).unwrap();
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("payments") && stdout.contains("2 rows"),
+        "{stdout}"
+    );
+    assert!(out.join("payments/part-00000.parquet").exists());
+
+    std::fs::write(
+        &src,
+        " 00001 19970101  1   11.77\n 00002 19970112  five   77.00\n",
+    )
+    .unwrap();
+    let other = dir.path().join("other");
+    let other_s = other.display().to_string();
+    let (code, _, stderr) =
+        encore_tests::encore(&["import", "cdnow", "--src", &src_s, "--out", &other_s]).unwrap();
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("CDNOW_master.txt:2: column quantity: 'five' is not a whole quantity"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one error line: {stderr}");
+    assert!(!other.join("payments").exists());
+}
