@@ -27,6 +27,7 @@ enum Command {
     Demo(commands::demo::Args),
     Datagen(commands::datagen::Args),
     Import(commands::import::Args),
+    Ingest(commands::ingest::Args),
 }
 
 fn main() {
@@ -48,6 +49,7 @@ fn main() {
                 Command::Demo(args) => commands::demo::run(args).await,
                 Command::Datagen(args) => commands::datagen::run(args).await,
                 Command::Import(args) => commands::import::run(args).await,
+                Command::Ingest(args) => commands::ingest::run(args).await,
             }
         }),
         Err(e) => Err(anyhow::anyhow!("cannot start the tokio runtime: {e}")),

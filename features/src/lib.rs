@@ -1,5 +1,6 @@
-//! Encore's data layer: the canonical tables of DESIGN.md as Arrow schemas,
-//! a deterministic data generator, and registration of Parquet / CSV /
+//! Encore's data layer: the canonical tables of DESIGN.md as Arrow schemas
+//! (`schema`) and their validator (`validate`), importers for public datasets
+//! (`import`), a deterministic data generator, and registration of Parquet / CSV /
 //! NDJSON files or folders as DataFusion tables (locally or on a Ballista
 //! cluster). Feature, label and segment plans land here too.
 //!
@@ -9,6 +10,7 @@
 pub mod datagen;
 pub mod error;
 pub mod import;
+pub mod ingest;
 pub mod schema;
 pub mod tables;
 pub mod validate;

@@ -3,5 +3,6 @@
 pub mod datagen;
 pub mod demo;
 pub mod import;
+pub mod ingest;
 pub mod sql;
 pub mod standalone;
