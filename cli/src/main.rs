@@ -28,6 +28,7 @@ enum Command {
     Datagen(commands::datagen::Args),
     Import(commands::import::Args),
     Ingest(commands::ingest::Args),
+    Clean(commands::clean::Args),
 }
 
 fn main() {
@@ -50,6 +51,7 @@ fn main() {
                 Command::Datagen(args) => commands::datagen::run(args).await,
                 Command::Import(args) => commands::import::run(args).await,
                 Command::Ingest(args) => commands::ingest::run(args).await,
+                Command::Clean(args) => commands::clean::run(args).await,
             }
         }),
         Err(e) => Err(anyhow::anyhow!("cannot start the tokio runtime: {e}")),

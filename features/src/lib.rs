@@ -7,6 +7,7 @@
 //! This crate knows nothing of training, serving or the cluster processes:
 //! it only needs a DataFusion `SessionContext`, wherever that executes.
 
+pub mod clean;
 pub mod datagen;
 pub mod error;
 pub mod import;

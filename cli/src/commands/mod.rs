@@ -1,5 +1,6 @@
 //! One module per `encore` subcommand.
 
+pub mod clean;
 pub mod datagen;
 pub mod demo;
 pub mod import;

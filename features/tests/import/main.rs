@@ -1,6 +1,7 @@
 //! Golden tests of the importers on small fixtures in each source's original
 //! format (`fixtures/`), with the expected canonical rows worked out by hand.
 
+mod clean;
 mod ingest;
 
 use std::path::{Path, PathBuf};
