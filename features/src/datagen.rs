@@ -1,11 +1,19 @@
 //! A deterministic music-platform generator writing the canonical tables.
 //!
-//! This first version models what the demo and the cluster tests need:
-//! users with a favourite genre and an activity level, a catalogue with
-//! Zipf-distributed popularity, and plays that follow taste (favourite-genre
-//! songs are played more and skipped less). The same spec and seed always
-//! give the same bytes. The richer simulator (latent churn hazard,
-//! subscriptions, ground truth) grows from here.
+//! A simulator, not noise: each user has a latent state — genre taste,
+//! activity and its drift, a preferred time slot and device, price
+//! sensitivity, satisfaction, complaints — that drives their plays (songs by
+//! taste and Zipf popularity, new releases over time, skips when a song fits
+//! the taste badly), interactions (favourites, playlist actions, comments,
+//! complaints), subscription payments (renewals, auto-renew, a list-price
+//! rise half-way, cancellations) and churn (a daily hazard rising with
+//! falling engagement, complaints, price and dissatisfaction; some churned
+//! users return). At the cutoff the ground truth is written: each user's
+//! probability, from that state, of no activity within 7, 15 and 30 days.
+//!
+//! The same spec and seed always give the same bytes. Days are generated one
+//! after another, so memory holds the users' state and at most
+//! [`PART_ROWS`] plays.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -45,6 +53,8 @@ const CITIES: [&str; 6] = [
     "keelung",
 ];
 const MS_PER_DAY: i64 = 86_400_000;
+/// Plays per Parquet part file.
+pub const PART_ROWS: usize = 1 << 20;
 
 /// What to generate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +69,23 @@ pub struct DataSpec {
     pub start: NaiveDate,
     /// Random seed; the output is a pure function of the spec.
     pub seed: u64,
+    /// Day the ground truth is taken at (default: 30 days before the end,
+    /// or the middle for shorter spans).
+    pub cutoff: Option<NaiveDate>,
+}
+
+impl DataSpec {
+    /// The ground-truth cutoff date.
+    pub fn cutoff(&self) -> NaiveDate {
+        self.cutoff.unwrap_or_else(|| {
+            let back = if self.days > 45 {
+                self.days - 30
+            } else {
+                self.days / 2
+            };
+            self.start + Days::new(u64::from(back))
+        })
+    }
 }
 
 impl Default for DataSpec {
@@ -69,6 +96,7 @@ impl Default for DataSpec {
             days: 30,
             start: NaiveDate::from_ymd_opt(2026, 1, 1).unwrap_or_default(),
             seed: 42,
+            cutoff: None,
         }
     }
 }
@@ -82,6 +110,10 @@ pub struct DataSummary {
     pub items: u64,
     /// Rows in `plays`, all days.
     pub plays: u64,
+    /// Rows in `interactions`.
+    pub interactions: u64,
+    /// Rows in `payments`.
+    pub payments: u64,
     /// Parquet files written.
     pub files: u64,
 }
@@ -134,22 +166,161 @@ impl Zipf {
     }
 }
 
+/// A user's latent state: what drives their plays and their churn. None of
+/// it is written to the canonical tables; the ground truth is derived from it.
 struct User {
     id: i64,
-    genre: usize,
+    /// Genre preference, summing to 1.
+    taste: [f64; GENRES.len()],
+    /// The genre with the most taste.
+    favourite: usize,
+    /// Expected sessions per day now.
     activity: f64,
+    /// Daily log-drift of `activity` (most users slowly lose interest).
+    drift: f64,
+    /// 0 commute, 1 workout, 2 night, 3 daytime.
+    slot: usize,
     device: usize,
     region: usize,
+    /// 0..1: how much a price rise raises the churn hazard.
+    price_sensitivity: f64,
+    /// 0..1, moved by how well plays match taste (completions).
+    satisfaction: f64,
+    /// Exponentially decayed count of complaints.
+    complaints: f64,
+    /// Alive (subscribed and listening) or churned.
+    alive: bool,
+    /// Subscription expiry, ms.
+    expires_ms: i64,
+    auto_renew: bool,
+    /// `activity` when the user joined (engagement = activity / initial).
+    initial_activity: f64,
+}
+
+/// Hour windows of each time slot (start hour, length in hours).
+const SLOTS: [&[(i64, i64)]; 4] = [
+    &[(7, 2), (17, 2)],
+    &[(6, 1), (18, 2)],
+    &[(21, 3)],
+    &[(10, 6)],
+];
+/// Monthly list price of the subscription before and after the price rise.
+const PRICES: (f64, f64) = (149.0, 169.0);
+const PLAN_DAYS: i64 = 30;
+/// Base daily churn hazard; state multiplies it (about 5–25 % a month overall).
+const BASE_HAZARD: f64 = 0.002;
+
+impl User {
+    /// Today's churn hazard from the latent state.
+    fn hazard(&self, price_rise: bool) -> f64 {
+        let engagement = (self.activity / self.initial_activity).min(1.5);
+        let x = 2.5 * (1.0 - engagement)
+            + 0.8 * self.complaints
+            + if price_rise {
+                1.5 * self.price_sensitivity
+            } else {
+                0.0
+            }
+            + 3.0 * (0.65 - self.satisfaction);
+        (BASE_HAZARD * x.exp()).clamp(0.0002, 0.25)
+    }
+
+    /// Probability of no play on a day while alive (Poisson sessions).
+    fn quiet_day(&self) -> f64 {
+        (-self.activity).exp()
+    }
+
+    /// Probability of churning (leaving) within `h` days.
+    fn p_churn(&self, h: u32, price_rise: bool) -> f64 {
+        1.0 - (1.0 - self.hazard(price_rise)).powi(h as i32)
+    }
+
+    /// Probability of no activity in the next `h` days: churning at some day
+    /// (then silent), or staying alive but quiet every day. The state is
+    /// taken as constant over the horizon.
+    fn p_no_activity(&self, h: u32, price_rise: bool) -> f64 {
+        let hz = self.hazard(price_rise);
+        let r = (1.0 - hz) * self.quiet_day();
+        let stay = r.powi(h as i32);
+        hz * (1.0 - stay) / (1.0 - r).max(1e-12) + stay
+    }
+}
+
+/// A Poisson draw (Knuth; small means only).
+fn poisson(rng: &mut Rng, mean: f64) -> usize {
+    let limit = (-mean).exp();
+    let (mut k, mut p) = (0, rng.f64());
+    while p > limit && k < 50 {
+        k += 1;
+        p *= rng.f64();
+    }
+    k
 }
 
 struct Item {
     id: i64,
     genre: usize,
     secs: i32,
+    /// Days after the start when the song is released (<= 0: before).
+    release_day: i64,
 }
 
-/// Writes `users/`, `items/` and `plays/day=YYYY-MM-DD/` under `out`,
-/// calling `progress(done_days, total_days)` after each day.
+/// Where one day's rows collect before they are written.
+struct DayOut<'a> {
+    out: &'a Path,
+    date: NaiveDate,
+    plays: PlayColumns,
+    plays_parts: usize,
+    interactions: EventColumns,
+    payments: PaymentColumns,
+    summary: &'a mut DataSummary,
+}
+
+impl DayOut<'_> {
+    fn flush_plays(&mut self) -> Result<()> {
+        if self.plays.user_id.is_empty() {
+            return Ok(());
+        }
+        let cols = std::mem::take(&mut self.plays);
+        self.summary.plays += cols.user_id.len() as u64;
+        write_parquet(
+            &self
+                .out
+                .join("plays")
+                .join(format!("day={}", self.date.format("%Y-%m-%d"))),
+            &format!("part-{:05}.parquet", self.plays_parts),
+            cols.finish()?,
+        )?;
+        self.plays_parts += 1;
+        self.summary.files += 1;
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<()> {
+        self.flush_plays()?;
+        let name = format!("part-{}.parquet", self.date.format("%Y-%m-%d"));
+        if !self.interactions.user_id.is_empty() {
+            self.summary.interactions += self.interactions.user_id.len() as u64;
+            write_parquet(
+                &self.out.join("interactions"),
+                &name,
+                self.interactions.finish()?,
+            )?;
+            self.summary.files += 1;
+        }
+        if !self.payments.user_id.is_empty() {
+            self.summary.payments += self.payments.user_id.len() as u64;
+            write_parquet(&self.out.join("payments"), &name, self.payments.finish()?)?;
+            self.summary.files += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Writes `users/`, `items/`, `plays/day=YYYY-MM-DD/`, `interactions/`,
+/// `payments/` and `ground_truth/cutoff=YYYY-MM-DD/` under `out`, calling
+/// `progress(done_days, total_days)` after each day. Memory stays bounded:
+/// the users' state, one day's rows at most [`PART_ROWS`] plays at a time.
 pub fn generate(
     spec: &DataSpec,
     out: &Path,
@@ -164,18 +335,33 @@ pub fn generate(
             spec.days
         )));
     }
+    let cutoff = spec.cutoff();
+    let cutoff_day = (cutoff - spec.start).num_days();
+    if !(0..spec.days as i64).contains(&cutoff_day) {
+        return Err(Error::InvalidSpec(format!(
+            "the cutoff {cutoff} must fall within the generated days ({} + {} days)",
+            spec.start, spec.days
+        )));
+    }
     let mut summary = DataSummary::default();
     let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
     let start_ms = (spec.start - epoch).num_days() * MS_PER_DAY;
+    let price_rise_day = spec.days as i64 / 2;
 
     // Catalogue: item ids are popularity ranks; genres interleave so every
-    // genre has popular and niche songs.
+    // genre has popular and niche songs; a few songs are released during
+    // the generated period and are hot for a while.
     let mut rng = Rng::new(spec.seed, 1);
     let items: Vec<Item> = (0..spec.items as i64)
         .map(|i| Item {
             id: i + 1,
             genre: (i as usize * 7 + rng.below(3)) % GENRES.len(),
             secs: 120 + rng.below(240) as i32,
+            release_day: if rng.f64() < 0.03 {
+                rng.below(spec.days as usize) as i64
+            } else {
+                -(rng.below(3_650) as i64) - 1
+            },
         })
         .collect();
     let mut by_genre: Vec<Vec<usize>> = vec![Vec::new(); GENRES.len()];
@@ -186,14 +372,33 @@ pub fn generate(
     let per_genre: Vec<Zipf> = by_genre.iter().map(|v| Zipf::new(v.len().max(1))).collect();
 
     let mut rng = Rng::new(spec.seed, 2);
-    let users: Vec<User> = (0..spec.users as i64)
-        .map(|u| User {
-            id: u + 1,
-            genre: rng.below(GENRES.len()),
-            // A few heavy listeners, many light ones.
-            activity: 0.15 + 0.8 * rng.f64().powi(2),
-            device: rng.below(DEVICES.len()),
-            region: rng.below(REGIONS.len()),
+    let mut users: Vec<User> = (0..spec.users as i64)
+        .map(|u| {
+            // Taste: one strong genre, one secondary, a little of the rest.
+            let mut taste = [0.02; GENRES.len()];
+            let favourite = rng.below(GENRES.len());
+            taste[favourite] += 0.6 + 0.3 * rng.f64();
+            taste[rng.below(GENRES.len())] += 0.25 * rng.f64();
+            let sum: f64 = taste.iter().sum();
+            taste.iter_mut().for_each(|t| *t /= sum);
+            let activity = 0.2 + 2.3 * rng.f64().powi(2);
+            User {
+                id: u + 1,
+                taste,
+                favourite,
+                activity,
+                initial_activity: activity,
+                drift: -0.012 * rng.f64().powi(2) + 0.004 * (rng.f64() - 0.5),
+                slot: rng.below(SLOTS.len()),
+                device: rng.below(DEVICES.len()),
+                region: rng.below(REGIONS.len()),
+                price_sensitivity: rng.f64(),
+                satisfaction: 0.55 + 0.3 * rng.f64(),
+                complaints: 0.0,
+                alive: true,
+                expires_ms: start_ms + (1 + rng.below(PLAN_DAYS as usize)) as i64 * MS_PER_DAY,
+                auto_renew: rng.f64() < 0.7,
+            }
         })
         .collect();
 
@@ -212,30 +417,126 @@ pub fn generate(
     )?;
     summary.files += 2;
 
-    for day in 0..spec.days {
+    for day in 0..spec.days as i64 {
+        let price_rise = day >= price_rise_day;
+        if day == cutoff_day {
+            write_truth(out, cutoff, &users, price_rise)?;
+            summary.files += 1;
+        }
         // One stream per day keeps days independent of each other's volume.
         let mut rng = Rng::new(spec.seed, 1_000 + day as u64);
-        let mut cols = PlayColumns::default();
-        let day_ms = start_ms + day as i64 * MS_PER_DAY;
-        for user in &users {
-            if rng.f64() > user.activity {
+        let date = spec.start + Days::new(day as u64);
+        let day_ms = start_ms + day * MS_PER_DAY;
+        let mut today = DayOut {
+            out,
+            date,
+            plays: PlayColumns::default(),
+            plays_parts: 0,
+            interactions: EventColumns::default(),
+            payments: PaymentColumns::default(),
+            summary: &mut summary,
+        };
+        let list_price = if price_rise { PRICES.1 } else { PRICES.0 };
+        for user in &mut users {
+            if !user.alive {
+                // Some churned users come back and subscribe again.
+                if rng.f64() < 0.002 {
+                    user.alive = true;
+                    user.satisfaction = 0.6;
+                    user.complaints = 0.0;
+                    user.activity = user.initial_activity * 0.6;
+                    user.expires_ms = day_ms + PLAN_DAYS * MS_PER_DAY;
+                    today.payments.push(
+                        user.id,
+                        day_ms + 3_600_000,
+                        list_price,
+                        list_price,
+                        user.expires_ms,
+                        user.auto_renew,
+                        false,
+                    );
+                }
                 continue;
             }
-            let sessions = 1 + rng.below(3);
-            for _ in 0..sessions {
-                let mut ts = day_ms + rng.below(MS_PER_DAY as usize - 3_600_000) as i64;
-                let len = 1 + rng.below(12);
-                for _ in 0..len {
-                    let loyal = rng.f64() < 0.7;
-                    let idx = if loyal {
-                        by_genre[user.genre][per_genre[user.genre].sample(&mut rng)]
+            if rng.f64() < user.hazard(price_rise) {
+                user.alive = false;
+                today.payments.push(
+                    user.id,
+                    day_ms + rng.below(MS_PER_DAY as usize) as i64,
+                    0.0,
+                    list_price,
+                    user.expires_ms,
+                    false,
+                    true,
+                );
+                continue;
+            }
+            // Renewal at expiry.
+            if user.expires_ms <= day_ms + MS_PER_DAY {
+                let pays = user.auto_renew || rng.f64() < 0.8;
+                if pays {
+                    let discount = if user.price_sensitivity > 0.8 && rng.f64() < 0.3 {
+                        0.8
+                    } else {
+                        1.0
+                    };
+                    user.expires_ms += PLAN_DAYS * MS_PER_DAY;
+                    today.payments.push(
+                        user.id,
+                        day_ms + rng.below(MS_PER_DAY as usize) as i64,
+                        list_price * discount,
+                        list_price,
+                        user.expires_ms,
+                        user.auto_renew,
+                        false,
+                    );
+                } else {
+                    user.alive = false;
+                    continue;
+                }
+            }
+            let (mut played, mut completed) = (0usize, 0usize);
+            for _ in 0..poisson(&mut rng, user.activity).min(8) {
+                let windows = SLOTS[user.slot];
+                let in_slot = rng.f64() < 0.75;
+                let hour = if in_slot {
+                    let (h0, len) = windows[rng.below(windows.len())];
+                    h0 + rng.below(len as usize) as i64
+                } else {
+                    rng.below(24) as i64
+                };
+                let mut ts = day_ms + hour * 3_600_000 + rng.below(3_600_000) as i64;
+                let device = if rng.f64() < 0.85 {
+                    user.device
+                } else {
+                    rng.below(DEVICES.len())
+                };
+                for _ in 0..1 + poisson(&mut rng, 6.0) {
+                    // Genre by taste (or a popular pick); song by popularity, new releases boosted.
+                    let idx = if rng.f64() < 0.8 {
+                        let mut x = rng.f64();
+                        let genre = user
+                            .taste
+                            .iter()
+                            .position(|t| {
+                                x -= t;
+                                x < 0.0
+                            })
+                            .unwrap_or(user.favourite);
+                        by_genre[genre][per_genre[genre].sample(&mut rng)]
                     } else {
                         global.sample(&mut rng)
                     };
-                    let item = &items[idx];
-                    let liked = item.genre == user.genre;
-                    let completes = rng.f64() < if liked { 0.8 } else { 0.45 };
-                    let played = if completes {
+                    let mut item = &items[idx];
+                    if item.release_day > day {
+                        item = &items[global.sample(&mut rng)];
+                        if item.release_day > day {
+                            continue;
+                        }
+                    }
+                    let fit = user.taste[item.genre] / user.taste[user.favourite];
+                    let completes = rng.f64() < 0.25 + 0.65 * fit;
+                    let secs = if completes {
                         item.secs
                     } else {
                         5 + rng.below(item.secs as usize / 2) as i32
@@ -247,28 +548,208 @@ pub fn generate(
                         7..=8 => 3, // radio
                         _ => 4,     // other
                     };
-                    let device = if rng.f64() < 0.85 {
-                        user.device
-                    } else {
-                        rng.below(DEVICES.len())
-                    };
-                    cols.push(user, item, ts, played, source, device);
-                    ts += played as i64 * 1_000 + rng.below(5_000) as i64;
+                    today
+                        .plays
+                        .push(user.id, item, ts, secs, source, device, user.region);
+                    played += 1;
+                    completed += usize::from(completes);
+                    if completes && fit > 0.5 && rng.f64() < 0.03 {
+                        today
+                            .interactions
+                            .push(user.id, Some(item.id), ts + 1_000, "favorite");
+                    }
+                    if rng.f64() < 0.01 {
+                        today
+                            .interactions
+                            .push(user.id, Some(item.id), ts + 2_000, "playlist_add");
+                    }
+                    if rng.f64() < 0.003 {
+                        today
+                            .interactions
+                            .push(user.id, Some(item.id), ts + 3_000, "comment");
+                    }
+                    ts += secs as i64 * 1_000 + rng.below(5_000) as i64;
+                    if today.plays.user_id.len() >= PART_ROWS {
+                        today.flush_plays()?;
+                    }
+                }
+                if rng.f64() < 0.01 {
+                    today
+                        .interactions
+                        .push(user.id, None, ts, "playlist_create");
                 }
             }
+            // Satisfaction follows how well today's songs fitted; poor fits
+            // bring complaints; engagement drifts.
+            if played > 0 {
+                let rate = completed as f64 / played as f64;
+                user.satisfaction = 0.9 * user.satisfaction + 0.1 * rate;
+            }
+            user.complaints *= 0.93;
+            if rng.f64() < 0.01 * (1.0 - user.satisfaction) {
+                user.complaints += 1.0;
+                today.interactions.push(
+                    user.id,
+                    None,
+                    day_ms + rng.below(MS_PER_DAY as usize) as i64,
+                    "complaint",
+                );
+            }
+            user.activity =
+                (user.activity * (user.drift + 0.03 * (rng.f64() - 0.5)).exp()).clamp(0.02, 4.0);
         }
-        let date = spec.start + Days::new(day as u64);
-        summary.plays += cols.user_id.len() as u64;
-        write_parquet(
-            &out.join("plays")
-                .join(format!("day={}", date.format("%Y-%m-%d"))),
-            "part-00000.parquet",
-            cols.finish()?,
-        )?;
-        summary.files += 1;
-        progress(day + 1, spec.days);
+        today.finish()?;
+        progress(day as u32 + 1, spec.days);
     }
     Ok(summary)
+}
+
+/// The ground truth at the cutoff, from each user's latent state (taken as
+/// constant over the horizon): `p_churn_<h>d`, the probability of leaving
+/// within h days (rises with h), and `p_quiet_<h>d`, the probability of no
+/// activity at all in the h days after the cutoff — the probability of the
+/// DESIGN.md churn label, so an oracle AUC against that label is computable.
+/// Users already gone at the cutoff have `alive = false` and probability 1.
+fn write_truth(out: &Path, cutoff: NaiveDate, users: &[User], price_rise: bool) -> Result<()> {
+    use arrow::array::Float64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+    let column = |f: &dyn Fn(&User) -> f64| -> ArrayRef {
+        Arc::new(Float64Array::from_iter_values(
+            users.iter().map(|u| if u.alive { f(u) } else { 1.0 }),
+        ))
+    };
+    let mut fields = vec![
+        Field::new("user_id", DataType::Int64, false),
+        Field::new("alive", DataType::Boolean, false),
+        Field::new("hazard", DataType::Float64, false),
+    ];
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from_iter_values(users.iter().map(|u| u.id))),
+        Arc::new(BooleanArray::from(
+            users.iter().map(|u| u.alive).collect::<Vec<_>>(),
+        )),
+        column(&|u| u.hazard(price_rise)),
+    ];
+    for h in [7u32, 15, 30] {
+        fields.push(Field::new(
+            format!("p_churn_{h}d"),
+            DataType::Float64,
+            false,
+        ));
+        columns.push(column(&|u| u.p_churn(h, price_rise)));
+    }
+    for h in [7u32, 15, 30] {
+        fields.push(Field::new(
+            format!("p_quiet_{h}d"),
+            DataType::Float64,
+            false,
+        ));
+        columns.push(column(&|u| u.p_no_activity(h, price_rise)));
+    }
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+    write_parquet(
+        &out.join("ground_truth")
+            .join(format!("cutoff={}", cutoff.format("%Y-%m-%d"))),
+        "truth.parquet",
+        batch,
+    )?;
+    Ok(())
+}
+
+#[derive(Default)]
+struct EventColumns {
+    user_id: Vec<i64>,
+    item_id: Vec<Option<i64>>,
+    ts: Vec<i64>,
+    kind: Vec<&'static str>,
+}
+
+impl EventColumns {
+    fn push(&mut self, user: i64, item: Option<i64>, ts: i64, kind: &'static str) {
+        self.user_id.push(user);
+        self.item_id.push(item);
+        self.ts.push(ts);
+        self.kind.push(kind);
+    }
+
+    fn finish(&mut self) -> Result<RecordBatch> {
+        let n = self.user_id.len();
+        batch(
+            schema::interactions(),
+            vec![
+                Arc::new(Int64Array::from(std::mem::take(&mut self.user_id))),
+                Arc::new(Int64Array::from(std::mem::take(&mut self.item_id))),
+                Arc::new(
+                    TimestampMillisecondArray::from(std::mem::take(&mut self.ts))
+                        .with_timezone("UTC"),
+                ),
+                Arc::new(StringArray::from(std::mem::take(&mut self.kind))),
+                Arc::new(arrow::array::Float32Array::from(vec![None; n])),
+            ],
+        )
+    }
+}
+
+#[derive(Default)]
+struct PaymentColumns {
+    user_id: Vec<i64>,
+    ts: Vec<i64>,
+    amount: Vec<f64>,
+    list_price: Vec<f64>,
+    expires: Vec<i64>,
+    auto_renew: Vec<bool>,
+    cancel: Vec<bool>,
+}
+
+impl PaymentColumns {
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        user: i64,
+        ts: i64,
+        amount: f64,
+        list: f64,
+        expires: i64,
+        auto_renew: bool,
+        cancel: bool,
+    ) {
+        self.user_id.push(user);
+        self.ts.push(ts);
+        self.amount.push(amount);
+        self.list_price.push(list);
+        self.expires.push(expires);
+        self.auto_renew.push(auto_renew);
+        self.cancel.push(cancel);
+    }
+
+    fn finish(&mut self) -> Result<RecordBatch> {
+        let n = self.user_id.len();
+        batch(
+            schema::payments(),
+            vec![
+                Arc::new(Int64Array::from(std::mem::take(&mut self.user_id))),
+                Arc::new(
+                    TimestampMillisecondArray::from(std::mem::take(&mut self.ts))
+                        .with_timezone("UTC"),
+                ),
+                Arc::new(arrow::array::Float64Array::from(std::mem::take(
+                    &mut self.amount,
+                ))),
+                Arc::new(Int32Array::from(vec![None; n])),
+                Arc::new(StringArray::from(vec!["subscription"; n])),
+                Arc::new(Int32Array::from(vec![Some(PLAN_DAYS as i32); n])),
+                Arc::new(arrow::array::Float64Array::from(std::mem::take(
+                    &mut self.list_price,
+                ))),
+                Arc::new(
+                    TimestampMillisecondArray::from(std::mem::take(&mut self.expires))
+                        .with_timezone("UTC"),
+                ),
+                Arc::new(BooleanArray::from(std::mem::take(&mut self.auto_renew))),
+                Arc::new(BooleanArray::from(std::mem::take(&mut self.cancel))),
+            ],
+        )
+    }
 }
 
 #[derive(Default)]
@@ -284,23 +765,25 @@ struct PlayColumns {
 }
 
 impl PlayColumns {
+    #[allow(clippy::too_many_arguments)]
     fn push(
         &mut self,
-        user: &User,
+        user: i64,
         item: &Item,
         ts: i64,
         played: i32,
         source: usize,
         device: usize,
+        region: usize,
     ) {
-        self.user_id.push(user.id);
+        self.user_id.push(user);
         self.item_id.push(item.id);
         self.ts.push(ts);
         self.played_secs.push(played);
         self.item_secs.push(item.secs);
         self.source.push(schema::PLAY_SOURCES[source]);
         self.device.push(DEVICES[device]);
-        self.region.push(REGIONS[user.region]);
+        self.region.push(REGIONS[region]);
     }
 
     fn finish(self) -> Result<RecordBatch> {

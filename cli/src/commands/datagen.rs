@@ -6,10 +6,15 @@ use anyhow::Context;
 use chrono::NaiveDate;
 use encore_features::datagen::{DataSpec, generate};
 
-/// Generate a synthetic music platform (users, songs, plays) as Parquet.
+/// Simulate a music platform: users, songs, plays, interactions, payments,
+/// and the ground truth of churn, as Parquet.
 ///
-/// Deterministic: the same arguments always write the same bytes. Plays
-/// are partitioned by day (plays/day=YYYY-MM-DD/).
+/// Users have latent taste, activity, habits, price sensitivity and
+/// satisfaction that drive what they play and whether they churn; at the
+/// cutoff each user's true probability of no activity within 7, 15 and 30
+/// days is written to ground_truth/cutoff=YYYY-MM-DD/. Deterministic: the
+/// same arguments always write the same bytes. Plays are partitioned by day
+/// (plays/day=YYYY-MM-DD/).
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Example:\n  encore datagen --users 10000 --days 30 --seed 7 --out data")]
 pub struct Args {
@@ -28,6 +33,10 @@ pub struct Args {
     /// First day, YYYY-MM-DD.
     #[arg(long, default_value = "2026-01-01")]
     pub start: NaiveDate,
+    /// Day of the ground truth (each user's true churn probability), YYYY-MM-DD.
+    /// Default: 30 days before the end, or the middle of shorter spans.
+    #[arg(long)]
+    pub cutoff: Option<NaiveDate>,
     /// Output folder.
     #[arg(long)]
     pub out: PathBuf,
@@ -42,6 +51,7 @@ impl Args {
             days: self.days,
             start: self.start,
             seed: self.seed,
+            cutoff: self.cutoff,
         }
     }
 }
@@ -49,12 +59,15 @@ impl Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let summary = write_with_progress(args.spec(), args.out.clone()).await?;
     println!(
-        "wrote {} users, {} songs, {} plays ({} files) to {}",
+        "wrote {} users, {} songs, {} plays, {} interactions, {} payments ({} files) to {}; ground truth at {}",
         summary.users,
         summary.items,
         summary.plays,
+        summary.interactions,
+        summary.payments,
         summary.files,
-        args.out.display()
+        args.out.display(),
+        args.spec().cutoff()
     );
     Ok(())
 }

@@ -67,6 +67,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         days: args.days,
         seed: 42,
         start: chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap_or_default(),
+        cutoff: None,
         out: args.data.clone(),
     };
     let spec = gen_args.spec();

@@ -2,6 +2,7 @@
 //! format (`fixtures/`), with the expected canonical rows worked out by hand.
 
 mod clean;
+mod generator;
 mod ingest;
 
 use std::path::{Path, PathBuf};
