@@ -9,6 +9,7 @@
 
 pub mod clean;
 pub mod datagen;
+pub mod derive;
 pub mod error;
 pub mod import;
 pub mod ingest;

@@ -91,3 +91,69 @@ async fn a_batch_lands_in_its_day_partitions_once() {
     );
     assert_eq!(count(&data, "").await, before + 3);
 }
+
+#[tokio::test]
+async fn daily_activity_is_derived_from_plays_with_the_canonical_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let csv = dir.path().join("batch.csv");
+    std::fs::write(
+        &csv,
+        "user_id,item_id,ts,played_secs,item_secs,source,device\n\
+         1,2,2026-01-01T08:00:00Z,200,200,search,mobile\n\
+         1,2,2026-01-01T09:00:00Z,30,200,search,mobile\n\
+         1,3,2026-01-01T10:00:00Z,150,200,search,mobile\n\
+         1,3,2026-01-02T10:00:00Z,199,200,search,mobile\n",
+    )
+    .unwrap();
+    ingest("plays", &csv, &data).await.unwrap();
+    let ctx = SessionContext::new();
+    register(
+        &ctx,
+        &TableSource {
+            name: "plays".into(),
+            path: data.join("plays"),
+        },
+    )
+    .await
+    .unwrap();
+    let batches = encore_features::derive::daily_activity(&ctx)
+        .await
+        .unwrap()
+        .sort_by(vec![datafusion::prelude::col("date")])
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let text = arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    // Day 1: 3 plays, 1 completed (200/200), 1 skip (30 < 100), 2 songs, 380 s.
+    assert!(
+        text.contains(
+            "| 1       | 2026-01-01 | 3     | 1               | 1     | 2            | 380.0      |"
+        ),
+        "{text}"
+    );
+    // Day 2: 199/200 is 99.5 %: completed.
+    assert!(
+        text.contains(
+            "| 1       | 2026-01-02 | 1     | 1               | 0     | 1            | 199.0      |"
+        ),
+        "{text}"
+    );
+    let batch = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+    let names: Vec<String> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let canonical: Vec<String> = encore_features::schema::daily_activity()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(names, canonical);
+}
