@@ -512,6 +512,10 @@ pub fn generate(
                     rng.below(DEVICES.len())
                 };
                 for _ in 0..1 + poisson(&mut rng, 6.0) {
+                    // A session ends at midnight: every play lies in its day partition.
+                    if ts >= day_ms + MS_PER_DAY {
+                        break;
+                    }
                     // Genre by taste (or a popular pick); song by popularity, new releases boosted.
                     let idx = if rng.f64() < 0.8 {
                         let mut x = rng.f64();

@@ -13,6 +13,7 @@ pub mod derive;
 pub mod error;
 pub mod import;
 pub mod ingest;
+pub mod plans;
 pub mod schema;
 pub mod tables;
 pub mod validate;

@@ -56,6 +56,17 @@ async fn churn_skips_taste_and_ground_truth_are_plausible() {
     let cutoff = spec.cutoff();
     assert_eq!(cutoff.to_string(), "2026-02-15");
 
+    let outside = query(
+        &ctx,
+        "SELECT count(*) FROM plays WHERE to_char(ts, '%Y-%m-%d') <> CAST(day AS VARCHAR)",
+    )
+    .await;
+    assert_eq!(
+        outside[0].column(0).as_primitive::<Int64Type>().value(0),
+        0,
+        "every play lies in its day partition"
+    );
+
     let skip = float(
         &query(
             &ctx,

@@ -1,10 +1,6 @@
 //! Golden tests of the importers on small fixtures in each source's original
 //! format (`fixtures/`), with the expected canonical rows worked out by hand.
 
-mod clean;
-mod generator;
-mod ingest;
-
 use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, AsArray, RecordBatch};
@@ -18,7 +14,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/import/fixtures")
+        .join("tests/data/fixtures")
         .join(name)
 }
 

@@ -1,0 +1,142 @@
+//! Feature and label plans over the canonical tables, point-in-time at a
+//! cutoff T: features read only rows with `ts < T`, labels only rows with
+//! `T < ts <= T + H`. Each plan is SQL written out in full for its
+//! parameters, so a data scientist can read exactly what a feature means
+//! (`user_activity_sql(&params)` prints it). They run on any DataFusion
+//! `SessionContext`: in process or on the Ballista cluster.
+
+use chrono::NaiveDate;
+use datafusion::prelude::{DataFrame, SessionContext};
+
+use crate::error::{Error, Result};
+
+/// Parameters shared by the plans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanParams {
+    /// The cutoff T (midnight UTC of this day).
+    pub cutoff: NaiveDate,
+    /// Feature windows in days, each ending at T.
+    pub windows: Vec<u32>,
+    /// Label horizons in days, each starting at T.
+    pub horizons: Vec<u32>,
+    /// A user is labelled only if active in this many days before T.
+    pub lookback_days: u32,
+}
+
+impl PlanParams {
+    /// Windows 7/14/30/90, horizons 7/15/30, 30-day lookback.
+    pub fn at(cutoff: NaiveDate) -> Self {
+        Self {
+            cutoff,
+            windows: vec![7, 14, 30, 90],
+            horizons: vec![7, 15, 30],
+            lookback_days: 30,
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.windows.is_empty() || self.windows.contains(&0) {
+            return Err(Error::InvalidSpec(
+                "feature windows must be 1 day or more".into(),
+            ));
+        }
+        if self.horizons.is_empty() || self.horizons.contains(&0) || self.lookback_days == 0 {
+            return Err(Error::InvalidSpec(
+                "label horizons and the lookback must be 1 day or more".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn t(&self) -> String {
+        format!("TIMESTAMP '{}T00:00:00Z'", self.cutoff.format("%Y-%m-%d"))
+    }
+}
+
+/// Per-user activity features from `plays` before T: for each window w,
+/// plays, listening seconds, active days, completion and skip rates; the
+/// last-7-days trend against the 21 days before; days since the last play.
+pub fn user_activity_sql(p: &PlanParams) -> Result<String> {
+    p.check()?;
+    let t = p.t();
+    let mut columns = Vec::new();
+    for w in &p.windows {
+        let inside = format!("ts >= {t} - INTERVAL '{w} days'");
+        columns.push(format!(
+            "    sum(CASE WHEN {inside} THEN 1 ELSE 0 END) AS plays_{w}d,
+    sum(CASE WHEN {inside} THEN played_secs ELSE 0 END) AS secs_{w}d,
+    count(DISTINCT CASE WHEN {inside} THEN day_of_play END) AS active_days_{w}d,
+    avg(CASE WHEN {inside} THEN completed END) AS completion_rate_{w}d,
+    avg(CASE WHEN {inside} THEN skipped END) AS skip_rate_{w}d"
+        ));
+    }
+    Ok(format!(
+        "-- user activity features at {cutoff}; reads plays with ts < T only
+WITH before_t AS (
+    SELECT user_id, ts, played_secs,
+           CAST(ts AS DATE) AS day_of_play,
+           CASE WHEN played_secs >= 0.985 * item_secs THEN 1.0 ELSE 0.0 END AS completed,
+           CASE WHEN played_secs < 0.5 * item_secs THEN 1.0 ELSE 0.0 END AS skipped
+    FROM plays
+    WHERE ts < {t}
+)
+SELECT
+    user_id,
+{columns},
+    -- plays per day in the last 7 days over plays per day in the 21 before
+    (sum(CASE WHEN ts >= {t} - INTERVAL '7 days' THEN 1.0 ELSE 0.0 END) / 7.0)
+      / ((sum(CASE WHEN ts >= {t} - INTERVAL '28 days' AND ts < {t} - INTERVAL '7 days' THEN 1.0 ELSE 0.0 END) + 1.0) / 21.0)
+      AS trend_7d_vs_21d,
+    CAST(to_unixtime({t}) - to_unixtime(max(ts)) AS DOUBLE) / 86400.0 AS days_since_last_play
+FROM before_t
+GROUP BY user_id",
+        cutoff = p.cutoff,
+        columns = columns.join(",\n"),
+    ))
+}
+
+/// Churn labels (DESIGN.md): for users with a play in the `lookback_days`
+/// before T, `churn_<h>d` is true when they have no play with
+/// `T < ts <= T + h`.
+pub fn churn_labels_sql(p: &PlanParams) -> Result<String> {
+    p.check()?;
+    let t = p.t();
+    let longest = p.horizons.iter().max().copied().unwrap_or(30);
+    let labels: Vec<String> = p
+        .horizons
+        .iter()
+        .map(|h| {
+            format!(
+                "    (f.first_after IS NULL OR f.first_after > {t} + INTERVAL '{h} days') AS churn_{h}d"
+            )
+        })
+        .collect();
+    Ok(format!(
+        "-- churn labels at {cutoff}; reads plays in the lookback before T and in (T, T + {longest} days]
+WITH active AS (
+    SELECT DISTINCT user_id FROM plays
+    WHERE ts >= {t} - INTERVAL '{lookback} days' AND ts < {t}
+),
+future AS (
+    SELECT user_id, min(ts) AS first_after FROM plays
+    WHERE ts > {t} AND ts <= {t} + INTERVAL '{longest} days'
+    GROUP BY user_id
+)
+SELECT a.user_id,
+{labels}
+FROM active a LEFT JOIN future f ON a.user_id = f.user_id",
+        cutoff = p.cutoff,
+        lookback = p.lookback_days,
+        labels = labels.join(",\n"),
+    ))
+}
+
+/// The user activity features as a DataFrame over the `plays` table in `ctx`.
+pub async fn user_activity(ctx: &SessionContext, p: &PlanParams) -> Result<DataFrame> {
+    Ok(ctx.sql(&user_activity_sql(p)?).await?)
+}
+
+/// The churn labels as a DataFrame over the `plays` table in `ctx`.
+pub async fn churn_labels(ctx: &SessionContext, p: &PlanParams) -> Result<DataFrame> {
+    Ok(ctx.sql(&churn_labels_sql(p)?).await?)
+}

@@ -1,0 +1,163 @@
+//! Feature and label plans: hand-computed values on a few plays, and the
+//! point-in-time proof on generated data (changing data at or after T leaves
+//! the features unchanged; labels read only (T, T + H]).
+
+use std::path::Path;
+
+use chrono::NaiveDate;
+use datafusion::prelude::{SessionContext, col};
+use encore_features::datagen::{DataSpec, generate};
+use encore_features::ingest::ingest;
+use encore_features::plans::{PlanParams, churn_labels, user_activity};
+use encore_features::tables::{TableSource, register};
+
+async fn table(plays: &Path, p: &PlanParams, labels: bool) -> String {
+    let ctx = SessionContext::new();
+    register(
+        &ctx,
+        &TableSource {
+            name: "plays".into(),
+            path: plays.to_path_buf(),
+        },
+    )
+    .await
+    .unwrap();
+    let df = if labels {
+        churn_labels(&ctx, p).await.unwrap()
+    } else {
+        user_activity(&ctx, p).await.unwrap()
+    };
+    let batches = df
+        .sort_by(vec![col("user_id")])
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn features_and_labels_on_hand_made_plays() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let csv = dir.path().join("plays.csv");
+    // T = 2026-01-31. User 1: 2 plays in the last 7 days (one skipped), one
+    // 20 days before T, then a play 10 days after T. User 2: one play 3 days
+    // before T, nothing after. User 3: only after T (not labelled).
+    std::fs::write(
+        &csv,
+        "user_id,item_id,ts,played_secs,item_secs,source,device\n\
+         1,1,2026-01-28T10:00:00Z,200,200,search,mobile\n\
+         1,2,2026-01-30T10:00:00Z,20,200,search,mobile\n\
+         1,3,2026-01-11T10:00:00Z,100,200,search,mobile\n\
+         1,4,2026-02-10T10:00:00Z,100,200,search,mobile\n\
+         2,1,2026-01-28T12:00:00Z,200,200,radio,car\n\
+         3,1,2026-02-02T12:00:00Z,200,200,radio,car\n",
+    )
+    .unwrap();
+    ingest("plays", &csv, &data).await.unwrap();
+    let p = PlanParams::at(NaiveDate::from_ymd_opt(2026, 1, 31).unwrap());
+    let features = cells(&table(&data.join("plays"), &p, false).await);
+    let num = |user: &str, name: &str| -> f64 { features[user][name].parse().unwrap() };
+    assert_eq!(num("1", "plays_7d"), 2.0);
+    assert_eq!(num("1", "plays_30d"), 3.0);
+    assert_eq!(num("1", "secs_7d"), 220.0);
+    assert_eq!(num("1", "active_days_7d"), 2.0);
+    assert_eq!(num("1", "completion_rate_7d"), 0.5);
+    assert_eq!(num("1", "skip_rate_7d"), 0.5);
+    assert!((num("1", "days_since_last_play") - 14.0 / 24.0).abs() < 1e-9);
+    // (2 plays / 7 days) / ((1 play + 1) / 21 days) = 3
+    assert!((num("1", "trend_7d_vs_21d") - 3.0).abs() < 1e-9);
+    assert_eq!(num("2", "plays_90d"), 1.0);
+    assert!(!features.contains_key("3"), "user 3 has no play before T");
+
+    let labels = cells(&table(&data.join("plays"), &p, true).await);
+    // User 1 plays again 10 days after T: churned at 7 days, not at 15 or 30.
+    let flags =
+        |user: &str| ["churn_7d", "churn_15d", "churn_30d"].map(|h| labels[user][h].clone());
+    assert_eq!(flags("1"), ["true", "false", "false"]);
+    assert_eq!(flags("2"), ["true", "true", "true"]);
+    assert!(!labels.contains_key("3"));
+}
+
+/// A pretty-printed table as user_id → column → cell.
+fn cells(
+    text: &str,
+) -> std::collections::HashMap<String, std::collections::HashMap<String, String>> {
+    let split = |line: &str| -> Vec<String> {
+        line.split('|')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut lines = text.lines().filter(|l| l.starts_with('|'));
+    let header = split(lines.next().unwrap());
+    lines
+        .map(|l| {
+            let row = split(l);
+            (row[0].clone(), header.iter().cloned().zip(row).collect())
+        })
+        .collect()
+}
+
+fn copy_days(from: &Path, to: &Path, keep: impl Fn(&str) -> bool) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if keep(name.trim_start_matches("day=")) {
+            let target = to.join(&name);
+            std::fs::create_dir_all(&target).unwrap();
+            for file in std::fs::read_dir(&path).unwrap() {
+                let file = file.unwrap().path();
+                std::fs::copy(&file, target.join(file.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn point_in_time_features_ignore_data_from_t_and_labels_read_only_the_horizon() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = DataSpec {
+        users: 300,
+        items: 500,
+        days: 80,
+        seed: 5,
+        ..Default::default()
+    };
+    generate(&spec, dir.path(), |_, _| {}).unwrap();
+    let plays = dir.path().join("plays");
+    let t = NaiveDate::from_ymd_opt(2026, 3, 1).unwrap();
+    let p = PlanParams::at(t);
+    let features = table(&plays, &p, false).await;
+    let labels = table(&plays, &p, true).await;
+    assert!(features.lines().count() > 100, "{features}");
+
+    // Features: drop every day from T on, then add made-up future plays.
+    let before = dir.path().join("before_t");
+    copy_days(&plays, &before, |day| day < "2026-03-01");
+    assert_eq!(table(&before, &p, false).await, features);
+    let csv = dir.path().join("future.csv");
+    std::fs::write(&csv, "user_id,item_id,ts,played_secs,item_secs,source,device\n1,1,2026-03-01T00:00:00Z,10,200,search,mobile\n2,2,2026-03-05T00:00:00Z,10,200,search,mobile\n").unwrap();
+    let data = dir.path().join("edited");
+    copy_days(&plays, &data.join("plays"), |day| day < "2026-03-01");
+    ingest("plays", &csv, &data).await.unwrap();
+    assert_eq!(table(&data.join("plays"), &p, false).await, features);
+
+    // Labels: only the lookback (for who is labelled) and (T, T + 30 days]
+    // matter; days before the lookback and after the horizon do not.
+    let window = dir.path().join("window");
+    copy_days(&plays, &window, |day| {
+        ("2026-01-30".."2026-04-01").contains(&day)
+    });
+    assert_eq!(table(&window, &p, true).await, labels);
+    // ...and the horizon does: without its plays everyone churns.
+    let no_future = dir.path().join("no_future");
+    copy_days(&plays, &no_future, |day| day < "2026-03-01");
+    let churned = table(&no_future, &p, true).await;
+    assert_ne!(churned, labels);
+    assert!(!churned.contains("false"), "{churned}");
+}
