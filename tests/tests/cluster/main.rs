@@ -4,6 +4,7 @@
 mod cli;
 mod executor_loss;
 mod metrics;
+mod plans;
 mod shuffle;
 
 use std::path::{Path, PathBuf};
