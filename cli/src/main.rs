@@ -29,6 +29,7 @@ enum Command {
     Import(commands::import::Args),
     Ingest(commands::ingest::Args),
     Clean(commands::clean::Args),
+    Features(commands::features::Args),
 }
 
 fn main() {
@@ -52,6 +53,7 @@ fn main() {
                 Command::Import(args) => commands::import::run(args).await,
                 Command::Ingest(args) => commands::ingest::run(args).await,
                 Command::Clean(args) => commands::clean::run(args).await,
+                Command::Features(args) => commands::features::run(args).await,
             }
         }),
         Err(e) => Err(anyhow::anyhow!("cannot start the tokio runtime: {e}")),

@@ -140,3 +140,37 @@ pub async fn user_activity(ctx: &SessionContext, p: &PlanParams) -> Result<DataF
 pub async fn churn_labels(ctx: &SessionContext, p: &PlanParams) -> Result<DataFrame> {
     Ok(ctx.sql(&churn_labels_sql(p)?).await?)
 }
+
+/// What a column of the plans means, for manifests and `--help`.
+pub fn describe(column: &str) -> Option<String> {
+    if column == "user_id" {
+        return Some("the user".into());
+    }
+    if column == "trend_7d_vs_21d" {
+        return Some(
+            "plays per day in the 7 days before T over plays per day in the 21 days before those (+1 smoothing)"
+                .into(),
+        );
+    }
+    if column == "days_since_last_play" {
+        return Some("days from the last play before T to T".into());
+    }
+    let (stem, days) = column.rsplit_once('_')?;
+    let days = days.strip_suffix('d')?;
+    let text = match stem {
+        "plays" => format!("plays in the {days} days before T"),
+        "secs" => format!("seconds listened in the {days} days before T"),
+        "active_days" => format!("days with at least one play in the {days} days before T"),
+        "completion_rate" => {
+            format!("share of plays in the {days} days before T that reached 98.5% of the song")
+        }
+        "skip_rate" => {
+            format!("share of plays in the {days} days before T stopped before half of the song")
+        }
+        "churn" => {
+            format!("label: active in the lookback before T and no play in (T, T + {days} days]")
+        }
+        _ => return None,
+    };
+    Some(text)
+}

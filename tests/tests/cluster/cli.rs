@@ -367,3 +367,59 @@ fn import_cdnow_from_its_original_file_and_refuse_bad_input() {
     assert_eq!(stderr.trim().lines().count(), 1, "one error line: {stderr}");
     assert!(!other.join("payments").exists());
 }
+
+#[test]
+fn features_writes_tables_and_a_manifest_and_refuses_bad_windows() {
+    let out = tempfile::tempdir().unwrap();
+    let data = crate::data_dir().display().to_string();
+    let out_s = out.path().display().to_string();
+    let (code, stdout, stderr) = encore_tests::encore(&[
+        "features",
+        "--data",
+        &data,
+        "--cutoff",
+        "2026-01-04",
+        "--out",
+        &out_s,
+    ])
+    .unwrap();
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["cutoff"], "2026-01-04");
+    let features = &manifest["tables"]["user_features"];
+    assert!(features["rows"].as_u64().unwrap() > 300, "{manifest}");
+    for column in features["columns"].as_array().unwrap() {
+        assert!(
+            !column["description"].as_str().unwrap().is_empty(),
+            "{column} has no description"
+        );
+    }
+    assert!(
+        manifest["tables"]["churn_labels"]["columns"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 4
+    );
+    assert!(out.path().join("user_features.parquet").exists());
+
+    let (code, _, stderr) = encore_tests::encore(&[
+        "features",
+        "--data",
+        &data,
+        "--cutoff",
+        "2026-01-04",
+        "--out",
+        &out_s,
+        "--windows",
+        "7,0",
+    ])
+    .unwrap();
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("feature windows must be 1 day or more"),
+        "{stderr}"
+    );
+}

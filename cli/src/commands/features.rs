@@ -1,0 +1,166 @@
+//! `encore features`: the feature and label plans at a cutoff, as Parquet
+//! tables with a manifest.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use chrono::NaiveDate;
+use encore_features::plans::{self, PlanParams};
+use encore_features::tables::{self, TableSource};
+
+use crate::cluster::{self, LocalCluster};
+use crate::output;
+
+/// Compute user features and churn labels at a cutoff, point-in-time.
+///
+/// Features read only plays before the cutoff; labels only the horizons
+/// after it. Writes <out>/user_features.parquet, <out>/churn_labels.parquet
+/// and <out>/manifest.json (columns with types and meanings, cutoff,
+/// windows, horizons, input data version). Without --scheduler an
+/// in-process cluster runs the plans.
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Examples:\n  encore features --data data --cutoff 2026-03-01 --out features\n  encore features --scheduler df://127.0.0.1:50050 --data /shared/data --cutoff 2026-03-01 --out features --windows 7,30"
+)]
+pub struct Args {
+    /// Data folder with the canonical tables (plays/ at least).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The cutoff T, YYYY-MM-DD.
+    #[arg(long)]
+    pub cutoff: NaiveDate,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Scheduler to run on, e.g. df://127.0.0.1:50050 (the data folder must be readable by the executors).
+    #[arg(long, env = "ENCORE_SCHEDULER_URL")]
+    pub scheduler: Option<String>,
+    /// Feature windows in days.
+    #[arg(long, value_delimiter = ',', default_value = "7,14,30,90")]
+    pub windows: Vec<u32>,
+    /// Label horizons in days.
+    #[arg(long, value_delimiter = ',', default_value = "7,15,30")]
+    pub horizons: Vec<u32>,
+}
+
+/// A fingerprint of the input files (names, sizes, modification times).
+fn data_version(dir: &Path) -> anyhow::Result<String> {
+    let mut entries = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+            let e = e?;
+            let meta = e.metadata()?;
+            if meta.is_dir() {
+                stack.push(e.path());
+            } else {
+                let modified = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_secs());
+                entries.push(format!("{}:{}:{modified}", e.path().display(), meta.len()));
+            }
+        }
+    }
+    entries.sort();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in entries.join("\n").bytes() {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+    }
+    Ok(format!("{:016x} ({} files)", hash, entries.len()))
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let plays = args.data.join("plays");
+    anyhow::ensure!(
+        plays.exists(),
+        "--data {}: no plays/ folder",
+        args.data.display()
+    );
+    let params = PlanParams {
+        windows: args.windows.clone(),
+        horizons: args.horizons.clone(),
+        ..PlanParams::at(args.cutoff)
+    };
+    // Check the parameters before starting anything.
+    plans::user_activity_sql(&params)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create --out {}", args.out.display()))?;
+    let (local, url) = match &args.scheduler {
+        Some(url) => (None, url.clone()),
+        None => {
+            let local = LocalCluster::ephemeral(0).await?;
+            let url = local.scheduler.url();
+            (Some(local), url)
+        }
+    };
+    let result = compute(&args, &params, &url).await;
+    if let Some(local) = local {
+        local
+            .shutdown()
+            .await
+            .context("stopping the in-process cluster")?;
+    }
+    result
+}
+
+async fn compute(args: &Args, params: &PlanParams, url: &str) -> anyhow::Result<()> {
+    let ctx = cluster::connect(url).await?;
+    tables::register(
+        &ctx,
+        &TableSource {
+            name: "plays".into(),
+            path: args.data.join("plays"),
+        },
+    )
+    .await?;
+    let mut manifest_tables = serde_json::Map::new();
+    for (name, sql) in [
+        ("user_features", plans::user_activity_sql(params)?),
+        ("churn_labels", plans::churn_labels_sql(params)?),
+    ] {
+        let spinner = output::Spinner::start(if name == "user_features" {
+            "computing user features"
+        } else {
+            "computing churn labels"
+        });
+        let df = ctx
+            .sql(&format!("SELECT * FROM ({sql}) ORDER BY user_id"))
+            .await?;
+        let columns: Vec<serde_json::Value> = df
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| {
+                serde_json::json!({
+                    "name": f.name(),
+                    "type": f.data_type().to_string(),
+                    "description": plans::describe(f.name()).unwrap_or_default(),
+                })
+            })
+            .collect();
+        let path = args.out.join(format!("{name}.parquet"));
+        let rows = output::write(df, &path).await?;
+        drop(spinner);
+        println!("wrote {rows} rows to {}", path.display());
+        manifest_tables.insert(
+            name.into(),
+            serde_json::json!({"file": format!("{name}.parquet"), "rows": rows, "columns": columns, "sql": sql}),
+        );
+    }
+    let manifest = serde_json::json!({
+        "cutoff": params.cutoff.to_string(),
+        "windows_days": params.windows,
+        "horizons_days": params.horizons,
+        "lookback_days": params.lookback_days,
+        "input": {"data": args.data.display().to_string(), "version": data_version(&args.data.join("plays"))?},
+        "tables": manifest_tables,
+    });
+    let path = args.out.join("manifest.json");
+    let tmp = args.out.join(".manifest.json.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(&manifest)?)?;
+    std::fs::rename(&tmp, &path)?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
