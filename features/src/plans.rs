@@ -4,6 +4,9 @@
 //! parameters, so a data scientist can read exactly what a feature means
 //! (`user_activity_sql(&params)` prints it). They run on any DataFusion
 //! `SessionContext`: in process or on the Ballista cluster.
+//!
+//! Users who did not consent (`users.consent = false`) are left out of every
+//! plan unless [`PlanParams::include_unconsented`] is set.
 
 use chrono::NaiveDate;
 use datafusion::prelude::{DataFrame, SessionContext};
@@ -21,6 +24,10 @@ pub struct PlanParams {
     pub horizons: Vec<u32>,
     /// A user is labelled only if active in this many days before T.
     pub lookback_days: u32,
+    /// Keep users whose `users.consent` is false (default: excluded, so
+    /// training tables never hold them). Needs a registered `users` table
+    /// when false.
+    pub include_unconsented: bool,
 }
 
 impl PlanParams {
@@ -31,6 +38,7 @@ impl PlanParams {
             windows: vec![7, 14, 30, 90],
             horizons: vec![7, 15, 30],
             lookback_days: 30,
+            include_unconsented: false,
         }
     }
 
@@ -46,6 +54,15 @@ impl PlanParams {
             ));
         }
         Ok(())
+    }
+
+    /// `AND` clause keeping consenting users only (empty when all are kept).
+    fn consent(&self, column: &str) -> String {
+        if self.include_unconsented {
+            String::new()
+        } else {
+            format!(" AND {column} IN (SELECT user_id FROM users WHERE consent)")
+        }
     }
 
     fn t(&self) -> String {
@@ -78,7 +95,7 @@ WITH before_t AS (
            CASE WHEN played_secs >= 0.985 * item_secs THEN 1.0 ELSE 0.0 END AS completed,
            CASE WHEN played_secs < 0.5 * item_secs THEN 1.0 ELSE 0.0 END AS skipped
     FROM plays
-    WHERE ts < {t}
+    WHERE ts < {t}{consent}
 )
 SELECT
     user_id,
@@ -92,6 +109,7 @@ FROM before_t
 GROUP BY user_id",
         cutoff = p.cutoff,
         columns = columns.join(",\n"),
+        consent = p.consent("user_id"),
     ))
 }
 
@@ -115,7 +133,7 @@ pub fn churn_labels_sql(p: &PlanParams) -> Result<String> {
         "-- churn labels at {cutoff}; reads plays in the lookback before T and in (T, T + {longest} days]
 WITH active AS (
     SELECT DISTINCT user_id FROM plays
-    WHERE ts >= {t} - INTERVAL '{lookback} days' AND ts < {t}
+    WHERE ts >= {t} - INTERVAL '{lookback} days' AND ts < {t}{consent}
 ),
 future AS (
     SELECT user_id, min(ts) AS first_after FROM plays
@@ -128,6 +146,7 @@ FROM active a LEFT JOIN future f ON a.user_id = f.user_id",
         cutoff = p.cutoff,
         lookback = p.lookback_days,
         labels = labels.join(",\n"),
+        consent = p.consent("user_id"),
     ))
 }
 

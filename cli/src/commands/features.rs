@@ -41,6 +41,9 @@ pub struct Args {
     /// Label horizons in days.
     #[arg(long, value_delimiter = ',', default_value = "7,15,30")]
     pub horizons: Vec<u32>,
+    /// Keep users without consent (default: left out; needs users/ otherwise).
+    #[arg(long)]
+    pub include_unconsented: bool,
 }
 
 /// A fingerprint of the input files (names, sizes, modification times).
@@ -81,6 +84,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let params = PlanParams {
         windows: args.windows.clone(),
         horizons: args.horizons.clone(),
+        include_unconsented: args.include_unconsented,
         ..PlanParams::at(args.cutoff)
     };
     // Check the parameters before starting anything.
@@ -115,6 +119,16 @@ async fn compute(args: &Args, params: &PlanParams, url: &str) -> anyhow::Result<
         },
     )
     .await?;
+    if !params.include_unconsented {
+        tables::register(
+            &ctx,
+            &TableSource {
+                name: "users".into(),
+                path: args.data.join("users"),
+            },
+        )
+        .await?;
+    }
     let mut manifest_tables = serde_json::Map::new();
     for (name, sql) in [
         ("user_features", plans::user_activity_sql(params)?),
@@ -154,6 +168,7 @@ async fn compute(args: &Args, params: &PlanParams, url: &str) -> anyhow::Result<
         "windows_days": params.windows,
         "horizons_days": params.horizons,
         "lookback_days": params.lookback_days,
+        "unconsented_users": if params.include_unconsented { "included" } else { "excluded" },
         "input": {"data": args.data.display().to_string(), "version": data_version(&args.data.join("plays"))?},
         "tables": manifest_tables,
     });

@@ -22,6 +22,22 @@ async fn table(plays: &Path, p: &PlanParams, labels: bool) -> String {
     )
     .await
     .unwrap();
+    // Consent lives in users/: beside plays/, or beside the folder holding it.
+    let beside = plays.parent().unwrap().join("users");
+    let users = if beside.exists() {
+        beside
+    } else {
+        plays.parent().unwrap().parent().unwrap().join("users")
+    };
+    register(
+        &ctx,
+        &TableSource {
+            name: "users".into(),
+            path: users,
+        },
+    )
+    .await
+    .unwrap();
     let df = if labels {
         churn_labels(&ctx, p).await.unwrap()
     } else {
@@ -54,10 +70,19 @@ async fn features_and_labels_on_hand_made_plays() {
          1,3,2026-01-11T10:00:00Z,100,200,search,mobile\n\
          1,4,2026-02-10T10:00:00Z,100,200,search,mobile\n\
          2,1,2026-01-28T12:00:00Z,200,200,radio,car\n\
-         3,1,2026-02-02T12:00:00Z,200,200,radio,car\n",
+         3,1,2026-02-02T12:00:00Z,200,200,radio,car\n\
+         4,1,2026-01-29T12:00:00Z,200,200,radio,car\n",
     )
     .unwrap();
     ingest("plays", &csv, &data).await.unwrap();
+    // User 4 did not consent: never in features or labels.
+    let users = dir.path().join("users.csv");
+    std::fs::write(
+        &users,
+        "user_id,registered_at,consent\n1,2025-01-01T00:00:00Z,true\n2,2025-01-01T00:00:00Z,true\n3,2025-01-01T00:00:00Z,true\n4,2025-01-01T00:00:00Z,false\n",
+    )
+    .unwrap();
+    ingest("users", &users, &data).await.unwrap();
     let p = PlanParams::at(NaiveDate::from_ymd_opt(2026, 1, 31).unwrap());
     let features = cells(&table(&data.join("plays"), &p, false).await);
     let num = |user: &str, name: &str| -> f64 { features[user][name].parse().unwrap() };
@@ -72,6 +97,12 @@ async fn features_and_labels_on_hand_made_plays() {
     assert!((num("1", "trend_7d_vs_21d") - 3.0).abs() < 1e-9);
     assert_eq!(num("2", "plays_90d"), 1.0);
     assert!(!features.contains_key("3"), "user 3 has no play before T");
+    assert!(!features.contains_key("4"), "user 4 did not consent");
+    let everyone = PlanParams {
+        include_unconsented: true,
+        ..p.clone()
+    };
+    assert!(cells(&table(&data.join("plays"), &everyone, false).await).contains_key("4"));
 
     let labels = cells(&table(&data.join("plays"), &p, true).await);
     // User 1 plays again 10 days after T: churned at 7 days, not at 15 or 30.
@@ -80,6 +111,7 @@ async fn features_and_labels_on_hand_made_plays() {
     assert_eq!(flags("1"), ["true", "false", "false"]);
     assert_eq!(flags("2"), ["true", "true", "true"]);
     assert!(!labels.contains_key("3"));
+    assert!(!labels.contains_key("4"), "user 4 did not consent");
 }
 
 /// A pretty-printed table as user_id → column → cell.

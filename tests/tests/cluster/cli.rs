@@ -389,7 +389,8 @@ fn features_writes_tables_and_a_manifest_and_refuses_bad_windows() {
             .unwrap();
     assert_eq!(manifest["cutoff"], "2026-01-04");
     let features = &manifest["tables"]["user_features"];
-    assert!(features["rows"].as_u64().unwrap() > 300, "{manifest}");
+    assert!(features["rows"].as_u64().unwrap() > 200, "{manifest}");
+    assert_eq!(manifest["unconsented_users"], "excluded");
     for column in features["columns"].as_array().unwrap() {
         assert!(
             !column["description"].as_str().unwrap().is_empty(),
