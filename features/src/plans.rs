@@ -150,6 +150,49 @@ FROM active a LEFT JOIN future f ON a.user_id = f.user_id",
     ))
 }
 
+/// Per-user profile at T from `users` and `payments` (rows with `ts < T`):
+/// lifecycle stage (new < 3 months since registration, growing 3–12, core
+/// ≥ 12), and payment recency, frequency, monetary value, cancellations,
+/// auto-renew and days to expiry of the latest payment, and the average
+/// share of the list price paid. Users without payments have null payment
+/// columns.
+pub fn user_profile_sql(p: &PlanParams) -> Result<String> {
+    p.check()?;
+    let t = p.t();
+    Ok(format!(
+        "-- user profile at {cutoff}; reads users registered before T and payments with ts < T
+WITH paid AS (
+    SELECT user_id,
+           sum(CASE WHEN coalesce(is_cancel, false) THEN 0 ELSE 1 END) AS payments,
+           sum(amount) AS monetary,
+           sum(CASE WHEN coalesce(is_cancel, false) THEN 1 ELSE 0 END) AS cancels,
+           CAST(to_unixtime({t}) - to_unixtime(max(ts)) AS DOUBLE) / 86400.0 AS days_since_payment,
+           last_value(auto_renew ORDER BY ts) AS auto_renew,
+           CAST(to_unixtime(last_value(expires_at ORDER BY ts)) - to_unixtime({t}) AS DOUBLE) / 86400.0 AS days_to_expiry,
+           avg(CASE WHEN list_price > 0 THEN amount / list_price END) AS paid_vs_list
+    FROM payments
+    WHERE ts < {t}
+    GROUP BY user_id
+)
+SELECT u.user_id,
+       CAST(to_unixtime({t}) - to_unixtime(u.registered_at) AS DOUBLE) / 86400.0 AS days_registered,
+       CASE WHEN to_unixtime({t}) - to_unixtime(u.registered_at) < 3 * 30.44 * 86400 THEN 'new'
+            WHEN to_unixtime({t}) - to_unixtime(u.registered_at) < 12 * 30.44 * 86400 THEN 'growing'
+            ELSE 'core' END AS lifecycle,
+       p.payments, p.monetary, p.cancels, p.days_since_payment, p.auto_renew,
+       p.days_to_expiry, p.paid_vs_list
+FROM users u LEFT JOIN paid p ON u.user_id = p.user_id
+WHERE u.registered_at < {t}{consent}",
+        cutoff = p.cutoff,
+        consent = p.consent("u.user_id"),
+    ))
+}
+
+/// The user profile as a DataFrame over `users` and `payments` in `ctx`.
+pub async fn user_profile(ctx: &SessionContext, p: &PlanParams) -> Result<DataFrame> {
+    Ok(ctx.sql(&user_profile_sql(p)?).await?)
+}
+
 /// The user activity features as a DataFrame over the `plays` table in `ctx`.
 pub async fn user_activity(ctx: &SessionContext, p: &PlanParams) -> Result<DataFrame> {
     Ok(ctx.sql(&user_activity_sql(p)?).await?)
@@ -170,6 +213,21 @@ pub fn describe(column: &str) -> Option<String> {
             "plays per day in the 7 days before T over plays per day in the 21 days before those (+1 smoothing)"
                 .into(),
         );
+    }
+    let fixed = match column {
+        "days_registered" => Some("days from registration to T"),
+        "lifecycle" => Some("new (< 3 months registered), growing (3–12) or core (>= 12)"),
+        "payments" => Some("payments (not cancellations) before T"),
+        "monetary" => Some("amount paid before T"),
+        "cancels" => Some("cancellations before T"),
+        "days_since_payment" => Some("days from the last payment row before T to T"),
+        "auto_renew" => Some("auto-renew flag of the last payment before T"),
+        "days_to_expiry" => Some("days from T to the expiry of the last payment before T"),
+        "paid_vs_list" => Some("average share of the list price paid"),
+        _ => None,
+    };
+    if let Some(text) = fixed {
+        return Some(text.into());
     }
     if column == "days_since_last_play" {
         return Some("days from the last play before T to T".into());

@@ -14,8 +14,9 @@ use crate::output;
 /// Compute user features and churn labels at a cutoff, point-in-time.
 ///
 /// Features read only plays before the cutoff; labels only the horizons
-/// after it. Writes <out>/user_features.parquet, <out>/churn_labels.parquet
-/// and <out>/manifest.json (columns with types and meanings, cutoff,
+/// after it. Writes <out>/user_features.parquet, <out>/churn_labels.parquet,
+/// <out>/user_profile.parquet (when users/ and payments/ exist) and
+/// <out>/manifest.json (columns with types and meanings, cutoff,
 /// windows, horizons, input data version). Without --scheduler an
 /// in-process cluster runs the plans.
 #[derive(clap::Args, Debug)]
@@ -129,15 +130,39 @@ async fn compute(args: &Args, params: &PlanParams, url: &str) -> anyhow::Result<
         )
         .await?;
     }
-    let mut manifest_tables = serde_json::Map::new();
-    for (name, sql) in [
+    let mut plan_list = vec![
         ("user_features", plans::user_activity_sql(params)?),
         ("churn_labels", plans::churn_labels_sql(params)?),
-    ] {
-        let spinner = output::Spinner::start(if name == "user_features" {
-            "computing user features"
-        } else {
-            "computing churn labels"
+    ];
+    // The profile (lifecycle, payments) needs users/ and payments/.
+    let (users, payments) = (args.data.join("users"), args.data.join("payments"));
+    if users.exists() && payments.exists() {
+        if params.include_unconsented {
+            tables::register(
+                &ctx,
+                &TableSource {
+                    name: "users".into(),
+                    path: users,
+                },
+            )
+            .await?;
+        }
+        tables::register(
+            &ctx,
+            &TableSource {
+                name: "payments".into(),
+                path: payments,
+            },
+        )
+        .await?;
+        plan_list.push(("user_profile", plans::user_profile_sql(params)?));
+    }
+    let mut manifest_tables = serde_json::Map::new();
+    for (name, sql) in plan_list {
+        let spinner = output::Spinner::start(match name {
+            "user_features" => "computing user features",
+            "churn_labels" => "computing churn labels",
+            _ => "computing user profiles",
         });
         let df = ctx
             .sql(&format!("SELECT * FROM ({sql}) ORDER BY user_id"))

@@ -118,11 +118,12 @@ async fn features_and_labels_on_hand_made_plays() {
 fn cells(
     text: &str,
 ) -> std::collections::HashMap<String, std::collections::HashMap<String, String>> {
+    // Empty cells are nulls: keep them so columns stay aligned.
     let split = |line: &str| -> Vec<String> {
-        line.split('|')
-            .map(str::trim)
-            .filter(|c| !c.is_empty())
-            .map(str::to_owned)
+        line.trim()
+            .trim_matches('|')
+            .split('|')
+            .map(|c| c.trim().to_owned())
             .collect()
     };
     let mut lines = text.lines().filter(|l| l.starts_with('|'));
@@ -192,4 +193,79 @@ async fn point_in_time_features_ignore_data_from_t_and_labels_read_only_the_hori
     let churned = table(&no_future, &p, true).await;
     assert_ne!(churned, labels);
     assert!(!churned.contains("false"), "{churned}");
+}
+
+#[tokio::test]
+async fn profile_lifecycle_and_payments_on_hand_made_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let users = dir.path().join("users.csv");
+    // T = 2026-03-01: user 1 registered 30 days before (new), user 2 200 days
+    // (growing), user 3 two years (core), user 4 after T (left out).
+    std::fs::write(
+        &users,
+        "user_id,registered_at,consent\n\
+         1,2026-01-30T00:00:00Z,true\n\
+         2,2025-08-13T00:00:00Z,true\n\
+         3,2024-03-01T00:00:00Z,true\n\
+         4,2026-03-05T00:00:00Z,true\n",
+    )
+    .unwrap();
+    ingest("users", &users, &data).await.unwrap();
+    let payments = dir.path().join("payments.csv");
+    std::fs::write(
+        &payments,
+        "user_id,ts,amount,product,list_price,expires_at,auto_renew,is_cancel\n\
+         2,2026-01-01T00:00:00Z,149,subscription,149,2026-01-31T00:00:00Z,true,false\n\
+         2,2026-01-31T00:00:00Z,119.2,subscription,149,2026-03-02T00:00:00Z,false,false\n\
+         2,2026-02-20T00:00:00Z,0,subscription,149,2026-03-02T00:00:00Z,false,true\n\
+         2,2026-03-05T00:00:00Z,149,subscription,149,2026-04-04T00:00:00Z,true,false\n\
+         3,2026-02-15T00:00:00Z,169,subscription,169,2026-03-17T00:00:00Z,true,false\n",
+    )
+    .unwrap();
+    ingest("payments", &payments, &data).await.unwrap();
+    let ctx = SessionContext::new();
+    for table in ["users", "payments"] {
+        register(
+            &ctx,
+            &TableSource {
+                name: table.into(),
+                path: data.join(table),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let p = PlanParams::at(NaiveDate::from_ymd_opt(2026, 3, 1).unwrap());
+    let batches = encore_features::plans::user_profile(&ctx, &p)
+        .await
+        .unwrap()
+        .sort_by(vec![col("user_id")])
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let rows = cells(
+        &arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string(),
+    );
+    assert_eq!(rows.len(), 3, "user 4 registered after T: {rows:?}");
+    let lifecycle = |u: &str| rows[u]["lifecycle"].clone();
+    assert_eq!(
+        [lifecycle("1"), lifecycle("2"), lifecycle("3")],
+        ["new", "growing", "core"]
+    );
+    let num = |u: &str, c: &str| -> f64 { rows[u][c].parse().unwrap() };
+    // User 2 before T: two payments (149 + 119.2), one cancellation; the
+    // payment on 03-05 is after T and not counted.
+    assert_eq!(num("2", "payments"), 2.0);
+    assert!((num("2", "monetary") - 268.2).abs() < 1e-9);
+    assert_eq!(num("2", "cancels"), 1.0);
+    assert_eq!(num("2", "days_since_payment"), 9.0);
+    assert_eq!(rows["2"]["auto_renew"], "false");
+    assert_eq!(num("2", "days_to_expiry"), 1.0);
+    assert!((num("2", "paid_vs_list") - (1.0 + 0.8 + 0.0) / 3.0).abs() < 1e-9);
+    assert_eq!(num("3", "days_to_expiry"), 16.0);
+    assert_eq!(rows["1"]["payments"], "", "no payments: null");
 }

@@ -405,6 +405,9 @@ fn features_writes_tables_and_a_manifest_and_refuses_bad_windows() {
             == 4
     );
     assert!(out.path().join("user_features.parquet").exists());
+    // The generated data has users and payments: profiles too, every user registered before T.
+    let profile = &manifest["tables"]["user_profile"];
+    assert!(profile["rows"].as_u64().unwrap() > 300, "{manifest}");
 
     let (code, _, stderr) = encore_tests::encore(&[
         "features",
