@@ -188,6 +188,85 @@ WHERE u.registered_at < {t}{consent}",
     ))
 }
 
+/// Engagement depth and early warnings at T over the 30 days before it (and
+/// the 30 before those for the listening trend): favourites, comments,
+/// playlist creations and complaints (from `interactions`); shares of plays
+/// from recommendation, search and playlists; the longest run of days
+/// without a play; and three warnings — listening time down by half or more
+/// against the previous 30 days, 3+ consecutive days without a play, a
+/// complaint in the last 30 days.
+pub fn user_engagement_sql(p: &PlanParams) -> Result<String> {
+    p.check()?;
+    let t = p.t();
+    Ok(format!(
+        "-- user engagement and early warnings at {cutoff}; reads plays and interactions with T - 60 days <= ts < T
+WITH recent_plays AS (
+    SELECT user_id, ts, played_secs, source,
+           CAST(floor(to_unixtime(ts) / 86400) AS BIGINT) AS day_number
+    FROM plays
+    WHERE ts < {t} AND ts >= {t} - INTERVAL '60 days'{consent}
+),
+listening AS (
+    SELECT user_id,
+           avg(CASE WHEN ts >= {t} - INTERVAL '30 days' THEN CAST(source = 'recommendation' AS DOUBLE) END) AS share_recommendation_30d,
+           avg(CASE WHEN ts >= {t} - INTERVAL '30 days' THEN CAST(source = 'search' AS DOUBLE) END) AS share_search_30d,
+           avg(CASE WHEN ts >= {t} - INTERVAL '30 days' THEN CAST(source = 'playlist' AS DOUBLE) END) AS share_playlist_30d,
+           sum(CASE WHEN ts >= {t} - INTERVAL '30 days' THEN played_secs ELSE 0 END) AS secs_last_30d,
+           sum(CASE WHEN ts < {t} - INTERVAL '30 days' THEN played_secs ELSE 0 END) AS secs_previous_30d
+    FROM recent_plays
+    GROUP BY user_id
+),
+active_days AS (
+    SELECT DISTINCT user_id, day_number FROM recent_plays WHERE ts >= {t} - INTERVAL '30 days'
+),
+gaps AS (
+    SELECT user_id, day_number,
+           day_number - lag(day_number) OVER (PARTITION BY user_id ORDER BY day_number) - 1 AS gap
+    FROM active_days
+),
+streaks AS (
+    -- inactive days between plays, before the first play of the window, and since the last one
+    SELECT user_id,
+           greatest(coalesce(max(gap), 0),
+                    min(day_number) - ({t_day} - 30),
+                    {t_day} - 1 - max(day_number)) AS longest_inactive_streak_30d
+    FROM gaps
+    GROUP BY user_id
+),
+actions AS (
+    SELECT user_id,
+           sum(CASE WHEN kind = 'favorite' THEN 1 ELSE 0 END) AS favorites_30d,
+           sum(CASE WHEN kind = 'comment' THEN 1 ELSE 0 END) AS comments_30d,
+           sum(CASE WHEN kind = 'playlist_create' THEN 1 ELSE 0 END) AS playlist_creates_30d,
+           sum(CASE WHEN kind = 'complaint' THEN 1 ELSE 0 END) AS complaints_30d
+    FROM interactions
+    WHERE ts < {t} AND ts >= {t} - INTERVAL '30 days'
+    GROUP BY user_id
+)
+SELECT l.user_id,
+       coalesce(a.favorites_30d, 0) AS favorites_30d,
+       coalesce(a.comments_30d, 0) AS comments_30d,
+       coalesce(a.playlist_creates_30d, 0) AS playlist_creates_30d,
+       coalesce(a.complaints_30d, 0) AS complaints_30d,
+       l.share_recommendation_30d, l.share_search_30d, l.share_playlist_30d,
+       coalesce(s.longest_inactive_streak_30d, 30) AS longest_inactive_streak_30d,
+       (l.secs_previous_30d > 0 AND l.secs_last_30d <= 0.5 * l.secs_previous_30d) AS warn_listening_halved,
+       (coalesce(s.longest_inactive_streak_30d, 30) >= 3) AS warn_3_days_inactive,
+       (coalesce(a.complaints_30d, 0) > 0) AS warn_complaint_30d
+FROM listening l
+LEFT JOIN streaks s ON l.user_id = s.user_id
+LEFT JOIN actions a ON l.user_id = a.user_id",
+        cutoff = p.cutoff,
+        t_day = (p.cutoff - NaiveDate::default()).num_days(),
+        consent = p.consent("user_id"),
+    ))
+}
+
+/// The engagement features as a DataFrame over `plays` and `interactions` in `ctx`.
+pub async fn user_engagement(ctx: &SessionContext, p: &PlanParams) -> Result<DataFrame> {
+    Ok(ctx.sql(&user_engagement_sql(p)?).await?)
+}
+
 /// The user profile as a DataFrame over `users` and `payments` in `ctx`.
 pub async fn user_profile(ctx: &SessionContext, p: &PlanParams) -> Result<DataFrame> {
     Ok(ctx.sql(&user_profile_sql(p)?).await?)
@@ -224,6 +303,21 @@ pub fn describe(column: &str) -> Option<String> {
         "auto_renew" => Some("auto-renew flag of the last payment before T"),
         "days_to_expiry" => Some("days from T to the expiry of the last payment before T"),
         "paid_vs_list" => Some("average share of the list price paid"),
+        "favorites_30d" => Some("favourites in the 30 days before T"),
+        "comments_30d" => Some("comments in the 30 days before T"),
+        "playlist_creates_30d" => Some("playlists created in the 30 days before T"),
+        "complaints_30d" => Some("complaints in the 30 days before T"),
+        "share_recommendation_30d" => Some("share of plays from recommendations, 30 days before T"),
+        "share_search_30d" => Some("share of plays from search, 30 days before T"),
+        "share_playlist_30d" => Some("share of plays from playlists, 30 days before T"),
+        "longest_inactive_streak_30d" => {
+            Some("longest run of days without a play in the 30 days before T")
+        }
+        "warn_listening_halved" => {
+            Some("warning: listening time in the last 30 days at most half of the 30 before")
+        }
+        "warn_3_days_inactive" => Some("warning: 3 or more consecutive days without a play"),
+        "warn_complaint_30d" => Some("warning: a complaint in the 30 days before T"),
         _ => None,
     };
     if let Some(text) = fixed {

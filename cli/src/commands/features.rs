@@ -15,7 +15,8 @@ use crate::output;
 ///
 /// Features read only plays before the cutoff; labels only the horizons
 /// after it. Writes <out>/user_features.parquet, <out>/churn_labels.parquet,
-/// <out>/user_profile.parquet (when users/ and payments/ exist) and
+/// <out>/user_profile.parquet (when users/ and payments/ exist),
+/// <out>/user_engagement.parquet (when interactions/ exists) and
 /// <out>/manifest.json (columns with types and meanings, cutoff,
 /// windows, horizons, input data version). Without --scheduler an
 /// in-process cluster runs the plans.
@@ -157,12 +158,26 @@ async fn compute(args: &Args, params: &PlanParams, url: &str) -> anyhow::Result<
         .await?;
         plan_list.push(("user_profile", plans::user_profile_sql(params)?));
     }
+    // Engagement and early warnings need interactions/.
+    let interactions = args.data.join("interactions");
+    if interactions.exists() {
+        tables::register(
+            &ctx,
+            &TableSource {
+                name: "interactions".into(),
+                path: interactions,
+            },
+        )
+        .await?;
+        plan_list.push(("user_engagement", plans::user_engagement_sql(params)?));
+    }
     let mut manifest_tables = serde_json::Map::new();
     for (name, sql) in plan_list {
         let spinner = output::Spinner::start(match name {
             "user_features" => "computing user features",
             "churn_labels" => "computing churn labels",
-            _ => "computing user profiles",
+            "user_profile" => "computing user profiles",
+            _ => "computing engagement",
         });
         let df = ctx
             .sql(&format!("SELECT * FROM ({sql}) ORDER BY user_id"))

@@ -269,3 +269,89 @@ async fn profile_lifecycle_and_payments_on_hand_made_rows() {
     assert_eq!(num("3", "days_to_expiry"), 16.0);
     assert_eq!(rows["1"]["payments"], "", "no payments: null");
 }
+
+#[tokio::test]
+async fn engagement_and_early_warnings_on_hand_made_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // T = 2026-03-01. User 1: 1000 s in the previous 30 days, 300 s in the
+    // last 30 (halved), plays on 02-10 and 02-20 only; a complaint and a
+    // favourite. User 2: plays every day of the last 3 days, nothing before.
+    let mut csv = String::from("user_id,item_id,ts,played_secs,item_secs,source,device\n");
+    csv.push_str("1,1,2026-01-15T10:00:00Z,1000,1000,search,mobile\n");
+    csv.push_str("1,2,2026-02-10T10:00:00Z,100,200,recommendation,mobile\n");
+    csv.push_str("1,3,2026-02-20T10:00:00Z,200,200,playlist,mobile\n");
+    for day in ["2026-02-26", "2026-02-27", "2026-02-28"] {
+        csv.push_str(&format!(
+            "2,1,{day}T10:00:00Z,200,200,recommendation,mobile\n"
+        ));
+    }
+    std::fs::write(dir.path().join("plays.csv"), csv).unwrap();
+    ingest("plays", &dir.path().join("plays.csv"), &data)
+        .await
+        .unwrap();
+    std::fs::write(
+        dir.path().join("interactions.csv"),
+        "user_id,item_id,ts,kind\n1,,2026-02-15T10:00:00Z,complaint\n1,3,2026-02-20T10:05:00Z,favorite\n1,3,2026-01-01T10:05:00Z,favorite\n",
+    )
+    .unwrap();
+    ingest("interactions", &dir.path().join("interactions.csv"), &data)
+        .await
+        .unwrap();
+    let ctx = SessionContext::new();
+    for table in ["plays", "interactions"] {
+        register(
+            &ctx,
+            &TableSource {
+                name: table.into(),
+                path: data.join(table),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let p = PlanParams {
+        include_unconsented: true,
+        ..PlanParams::at(NaiveDate::from_ymd_opt(2026, 3, 1).unwrap())
+    };
+    let batches = encore_features::plans::user_engagement(&ctx, &p)
+        .await
+        .unwrap()
+        .sort_by(vec![col("user_id")])
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let rows = cells(
+        &arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string(),
+    );
+    let get = |u: &str, c: &str| rows[u][c].clone();
+    assert_eq!(
+        get("1", "favorites_30d"),
+        "1",
+        "the January favourite is outside the window"
+    );
+    assert_eq!(get("1", "complaints_30d"), "1");
+    assert_eq!(get("1", "share_recommendation_30d"), "0.5");
+    assert_eq!(get("1", "share_playlist_30d"), "0.5");
+    // Window 01-30..02-28: inactive 01-30..02-09 (11 days) before the first play.
+    assert_eq!(get("1", "longest_inactive_streak_30d"), "11");
+    assert_eq!(
+        [
+            "warn_listening_halved",
+            "warn_3_days_inactive",
+            "warn_complaint_30d"
+        ]
+        .map(|c| get("1", c)),
+        ["true", "true", "true"]
+    );
+    // User 2 played on the last 3 days only: 27 inactive days before, no previous period.
+    assert_eq!(get("2", "longest_inactive_streak_30d"), "27");
+    assert_eq!(get("2", "share_recommendation_30d"), "1.0");
+    assert_eq!(
+        ["warn_listening_halved", "warn_complaint_30d"].map(|c| get("2", c)),
+        ["false", "false"]
+    );
+}

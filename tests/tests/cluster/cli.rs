@@ -408,6 +408,14 @@ fn features_writes_tables_and_a_manifest_and_refuses_bad_windows() {
     // The generated data has users and payments: profiles too, every user registered before T.
     let profile = &manifest["tables"]["user_profile"];
     assert!(profile["rows"].as_u64().unwrap() > 300, "{manifest}");
+    let engagement = &manifest["tables"]["user_engagement"];
+    assert!(engagement["rows"].as_u64().unwrap() > 200, "{manifest}");
+    for column in engagement["columns"].as_array().unwrap() {
+        assert!(
+            !column["description"].as_str().unwrap().is_empty(),
+            "{column}"
+        );
+    }
 
     let (code, _, stderr) = encore_tests::encore(&[
         "features",
