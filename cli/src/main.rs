@@ -30,6 +30,7 @@ enum Command {
     Ingest(commands::ingest::Args),
     Clean(commands::clean::Args),
     Features(commands::features::Args),
+    Segments(commands::segments::Args),
 }
 
 fn main() {
@@ -54,6 +55,7 @@ fn main() {
                 Command::Ingest(args) => commands::ingest::run(args).await,
                 Command::Clean(args) => commands::clean::run(args).await,
                 Command::Features(args) => commands::features::run(args).await,
+                Command::Segments(args) => commands::segments::run(args).await,
             }
         }),
         Err(e) => Err(anyhow::anyhow!("cannot start the tokio runtime: {e}")),

@@ -267,6 +267,67 @@ pub async fn user_engagement(ctx: &SessionContext, p: &PlanParams) -> Result<Dat
     Ok(ctx.sql(&user_engagement_sql(p)?).await?)
 }
 
+/// The segments table at T: each user registered before T with their
+/// lifecycle stage and RFM value tier. The RFM score is the mean of the
+/// percent ranks (among those users) of recency of the last play, plays in
+/// the 90 days before T and payments in the 365 days before T; `high` from
+/// 0.6, `mid` from 0.3, else `low`; `dormant` when the user has not played in
+/// the 30 days before T. `risk_tier` stays null until churn scores exist.
+pub fn segments_sql(p: &PlanParams) -> Result<String> {
+    p.check()?;
+    let t = p.t();
+    Ok(format!(
+        "-- segments at {cutoff}; reads users registered before T, plays and payments with ts < T
+WITH activity AS (
+    SELECT user_id, count(*) AS plays_90d, max(ts) AS last_play
+    FROM plays
+    WHERE ts < {t} AND ts >= {t} - INTERVAL '90 days'
+    GROUP BY user_id
+),
+money AS (
+    SELECT user_id, sum(amount) AS monetary_365d
+    FROM payments
+    WHERE ts < {t} AND ts >= {t} - INTERVAL '365 days'
+    GROUP BY user_id
+),
+base AS (
+    SELECT u.user_id,
+           CASE WHEN to_unixtime({t}) - to_unixtime(u.registered_at) < 3 * 30.44 * 86400 THEN 'new'
+                WHEN to_unixtime({t}) - to_unixtime(u.registered_at) < 12 * 30.44 * 86400 THEN 'growing'
+                ELSE 'core' END AS lifecycle,
+           CAST(to_unixtime({t}) - to_unixtime(a.last_play) AS DOUBLE) / 86400.0 AS recency_days,
+           coalesce(a.plays_90d, 0) AS plays_90d,
+           coalesce(m.monetary_365d, 0.0) AS monetary_365d
+    FROM users u
+    LEFT JOIN activity a ON u.user_id = a.user_id
+    LEFT JOIN money m ON u.user_id = m.user_id
+    WHERE u.registered_at < {t}{consent}
+),
+scored AS (
+    SELECT *,
+           (percent_rank() OVER (ORDER BY coalesce(recency_days, 1e9) DESC)
+            + percent_rank() OVER (ORDER BY plays_90d)
+            + percent_rank() OVER (ORDER BY monetary_365d)) / 3.0 AS rfm_score
+    FROM base
+)
+SELECT user_id, lifecycle,
+       CASE WHEN recency_days IS NULL OR recency_days > 30 THEN 'dormant'
+            WHEN rfm_score >= 0.6 THEN 'high'
+            WHEN rfm_score >= 0.3 THEN 'mid'
+            ELSE 'low' END AS value_tier,
+       rfm_score, recency_days, plays_90d, monetary_365d,
+       CAST(NULL AS VARCHAR) AS risk_tier
+FROM scored",
+        cutoff = p.cutoff,
+        consent = p.consent("u.user_id"),
+    ))
+}
+
+/// The segments as a DataFrame over `users`, `plays` and `payments` in `ctx`.
+pub async fn segments(ctx: &SessionContext, p: &PlanParams) -> Result<DataFrame> {
+    Ok(ctx.sql(&segments_sql(p)?).await?)
+}
+
 /// The user profile as a DataFrame over `users` and `payments` in `ctx`.
 pub async fn user_profile(ctx: &SessionContext, p: &PlanParams) -> Result<DataFrame> {
     Ok(ctx.sql(&user_profile_sql(p)?).await?)
@@ -303,6 +364,11 @@ pub fn describe(column: &str) -> Option<String> {
         "auto_renew" => Some("auto-renew flag of the last payment before T"),
         "days_to_expiry" => Some("days from T to the expiry of the last payment before T"),
         "paid_vs_list" => Some("average share of the list price paid"),
+        "value_tier" => Some("RFM value tier: high, mid, low, or dormant (no play in 30 days)"),
+        "rfm_score" => Some("mean percent rank of recency, frequency and monetary value"),
+        "recency_days" => Some("days from the last play (within 90 days) to T"),
+        "monetary_365d" => Some("amount paid in the 365 days before T"),
+        "risk_tier" => Some("churn risk tier, once churn scores exist (null here)"),
         "favorites_30d" => Some("favourites in the 30 days before T"),
         "comments_30d" => Some("comments in the 30 days before T"),
         "playlist_creates_30d" => Some("playlists created in the 30 days before T"),

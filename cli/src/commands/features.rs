@@ -15,7 +15,8 @@ use crate::output;
 ///
 /// Features read only plays before the cutoff; labels only the horizons
 /// after it. Writes <out>/user_features.parquet, <out>/churn_labels.parquet,
-/// <out>/user_profile.parquet (when users/ and payments/ exist),
+/// <out>/user_profile.parquet and <out>/segments.parquet (when users/ and
+/// payments/ exist),
 /// <out>/user_engagement.parquet (when interactions/ exists) and
 /// <out>/manifest.json (columns with types and meanings, cutoff,
 /// windows, horizons, input data version). Without --scheduler an
@@ -157,6 +158,7 @@ async fn compute(args: &Args, params: &PlanParams, url: &str) -> anyhow::Result<
         )
         .await?;
         plan_list.push(("user_profile", plans::user_profile_sql(params)?));
+        plan_list.push(("segments", plans::segments_sql(params)?));
     }
     // Engagement and early warnings need interactions/.
     let interactions = args.data.join("interactions");
@@ -177,6 +179,7 @@ async fn compute(args: &Args, params: &PlanParams, url: &str) -> anyhow::Result<
             "user_features" => "computing user features",
             "churn_labels" => "computing churn labels",
             "user_profile" => "computing user profiles",
+            "segments" => "computing segments",
             _ => "computing engagement",
         });
         let df = ctx

@@ -6,5 +6,6 @@ pub mod demo;
 pub mod features;
 pub mod import;
 pub mod ingest;
+pub mod segments;
 pub mod sql;
 pub mod standalone;

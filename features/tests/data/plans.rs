@@ -355,3 +355,82 @@ async fn engagement_and_early_warnings_on_hand_made_rows() {
         ["false", "false"]
     );
 }
+
+#[tokio::test]
+async fn segments_give_lifecycle_and_rfm_value_tiers() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::write(
+        dir.path().join("users.csv"),
+        "user_id,registered_at,consent\n1,2025-01-01T00:00:00Z,true\n2,2025-01-01T00:00:00Z,true\n3,2025-01-01T00:00:00Z,true\n4,2025-12-20T00:00:00Z,true\n",
+    )
+    .unwrap();
+    ingest("users", &dir.path().join("users.csv"), &data)
+        .await
+        .unwrap();
+    // T = 2026-03-01. User 1: 10 plays, last 1 day before T, paid 500.
+    // User 2: 5 plays, last 5 days before. User 3: 1 play 20 days before.
+    // User 4 (registered 71 days before T: new): 1 play 40 days before.
+    let mut csv = String::from("user_id,item_id,ts,played_secs,item_secs,source,device\n");
+    for i in 0..10 {
+        csv.push_str(&format!(
+            "1,{i},2026-02-28T{:02}:00:00Z,100,200,search,mobile\n",
+            i + 1
+        ));
+    }
+    for i in 0..5 {
+        csv.push_str(&format!(
+            "2,{i},2026-02-24T{:02}:00:00Z,100,200,search,mobile\n",
+            i + 1
+        ));
+    }
+    csv.push_str("3,1,2026-02-09T10:00:00Z,100,200,search,mobile\n");
+    csv.push_str("4,1,2026-01-20T10:00:00Z,100,200,search,mobile\n");
+    std::fs::write(dir.path().join("plays.csv"), csv).unwrap();
+    ingest("plays", &dir.path().join("plays.csv"), &data)
+        .await
+        .unwrap();
+    std::fs::write(
+        dir.path().join("payments.csv"),
+        "user_id,ts,amount,product\n1,2026-02-01T00:00:00Z,500,subscription\n",
+    )
+    .unwrap();
+    ingest("payments", &dir.path().join("payments.csv"), &data)
+        .await
+        .unwrap();
+    let ctx = SessionContext::new();
+    for table in ["users", "plays", "payments"] {
+        register(
+            &ctx,
+            &TableSource {
+                name: table.into(),
+                path: data.join(table),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let p = PlanParams::at(NaiveDate::from_ymd_opt(2026, 3, 1).unwrap());
+    let batches = encore_features::plans::segments(&ctx, &p)
+        .await
+        .unwrap()
+        .sort_by(vec![col("user_id")])
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let rows = cells(
+        &arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string(),
+    );
+    let seg = |u: &str| (rows[u]["lifecycle"].clone(), rows[u]["value_tier"].clone());
+    // Percent ranks among the 4 users (recency, frequency, monetary):
+    // user 1 (1, 1, 1) → 1.0 high; user 2 (2/3, 2/3, 0) → 0.44 mid;
+    // user 3 (1/3, 0, 0) → 0.11 low; user 4: 40 days without a play → dormant.
+    assert_eq!(seg("1"), ("core".into(), "high".into()));
+    assert_eq!(seg("2"), ("core".into(), "mid".into()));
+    assert_eq!(seg("3"), ("core".into(), "low".into()));
+    assert_eq!(seg("4"), ("new".into(), "dormant".into()));
+    assert_eq!(rows["1"]["risk_tier"], "");
+}

@@ -408,6 +408,18 @@ fn features_writes_tables_and_a_manifest_and_refuses_bad_windows() {
     // The generated data has users and payments: profiles too, every user registered before T.
     let profile = &manifest["tables"]["user_profile"];
     assert!(profile["rows"].as_u64().unwrap() > 300, "{manifest}");
+    assert!(
+        manifest["tables"]["segments"]["rows"].as_u64().unwrap() > 300,
+        "{manifest}"
+    );
+    let (code, stdout, stderr) =
+        encore_tests::encore(&["segments", "--data", &data, "--cutoff", "2026-01-04"]).unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("lifecycle") && stdout.contains("value_tier"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("| core"), "{stdout}");
     let engagement = &manifest["tables"]["user_engagement"];
     assert!(engagement["rows"].as_u64().unwrap() > 200, "{manifest}");
     for column in engagement["columns"].as_array().unwrap() {
