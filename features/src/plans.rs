@@ -328,6 +328,64 @@ pub async fn segments(ctx: &SessionContext, p: &PlanParams) -> Result<DataFrame>
     Ok(ctx.sql(&segments_sql(p)?).await?)
 }
 
+/// Listening habits and their stability over the 30 days before T: the
+/// entropy (bits) of plays over five time slots (night 0–5 h, commute 6–9,
+/// day 10–16, evening 17–20, late 21–23 UTC), the share in the user's most
+/// used slot, the share on their most used device and in their most
+/// frequent region.
+pub fn user_habits_sql(p: &PlanParams) -> Result<String> {
+    p.check()?;
+    let t = p.t();
+    let share = |column: &str, name: &str| {
+        format!(
+            "{name} AS (
+    SELECT user_id, CAST(max(n) AS DOUBLE) / sum(n) AS top_share
+    FROM (SELECT user_id, {column}, count(*) AS n FROM recent GROUP BY user_id, {column})
+    GROUP BY user_id
+)"
+        )
+    };
+    Ok(format!(
+        "-- user habits at {cutoff}; reads plays with T - 30 days <= ts < T
+WITH recent AS (
+    SELECT user_id, device, coalesce(region, '') AS region,
+           CASE WHEN extract(hour FROM ts) < 6 THEN 'night'
+                WHEN extract(hour FROM ts) < 10 THEN 'commute'
+                WHEN extract(hour FROM ts) < 17 THEN 'day'
+                WHEN extract(hour FROM ts) < 21 THEN 'evening'
+                ELSE 'late' END AS slot
+    FROM plays
+    WHERE ts < {t} AND ts >= {t} - INTERVAL '30 days'{consent}
+),
+slot_counts AS (
+    SELECT user_id, slot, CAST(count(*) AS DOUBLE) AS n FROM recent GROUP BY user_id, slot
+),
+slots AS (
+    SELECT user_id,
+           -sum((n / total) * log2(n / total)) AS slot_entropy_30d,
+           max(n) / max(total) AS top_slot_share_30d
+    FROM (SELECT user_id, n, sum(n) OVER (PARTITION BY user_id) AS total FROM slot_counts)
+    GROUP BY user_id
+),
+{devices},
+{regions}
+SELECT s.user_id, s.slot_entropy_30d, s.top_slot_share_30d,
+       d.top_share AS device_consistency_30d, r.top_share AS region_stability_30d
+FROM slots s
+JOIN devices d ON s.user_id = d.user_id
+JOIN regions r ON s.user_id = r.user_id",
+        cutoff = p.cutoff,
+        consent = p.consent("user_id"),
+        devices = share("device", "devices"),
+        regions = share("region", "regions"),
+    ))
+}
+
+/// The habits as a DataFrame over `plays` in `ctx`.
+pub async fn user_habits(ctx: &SessionContext, p: &PlanParams) -> Result<DataFrame> {
+    Ok(ctx.sql(&user_habits_sql(p)?).await?)
+}
+
 /// The user profile as a DataFrame over `users` and `payments` in `ctx`.
 pub async fn user_profile(ctx: &SessionContext, p: &PlanParams) -> Result<DataFrame> {
     Ok(ctx.sql(&user_profile_sql(p)?).await?)
@@ -364,6 +422,14 @@ pub fn describe(column: &str) -> Option<String> {
         "auto_renew" => Some("auto-renew flag of the last payment before T"),
         "days_to_expiry" => Some("days from T to the expiry of the last payment before T"),
         "paid_vs_list" => Some("average share of the list price paid"),
+        "slot_entropy_30d" => Some("entropy (bits) of plays over 5 time slots, 30 days before T"),
+        "top_slot_share_30d" => Some("share of plays in the most used time slot, 30 days before T"),
+        "device_consistency_30d" => {
+            Some("share of plays on the most used device, 30 days before T")
+        }
+        "region_stability_30d" => {
+            Some("share of plays in the most frequent region, 30 days before T")
+        }
         "value_tier" => Some("RFM value tier: high, mid, low, or dormant (no play in 30 days)"),
         "rfm_score" => Some("mean percent rank of recency, frequency and monetary value"),
         "recency_days" => Some("days from the last play (within 90 days) to T"),

@@ -15,6 +15,7 @@ use crate::output;
 ///
 /// Features read only plays before the cutoff; labels only the horizons
 /// after it. Writes <out>/user_features.parquet, <out>/churn_labels.parquet,
+/// <out>/user_habits.parquet,
 /// <out>/user_profile.parquet and <out>/segments.parquet (when users/ and
 /// payments/ exist),
 /// <out>/user_engagement.parquet (when interactions/ exists) and
@@ -135,6 +136,7 @@ async fn compute(args: &Args, params: &PlanParams, url: &str) -> anyhow::Result<
     let mut plan_list = vec![
         ("user_features", plans::user_activity_sql(params)?),
         ("churn_labels", plans::churn_labels_sql(params)?),
+        ("user_habits", plans::user_habits_sql(params)?),
     ];
     // The profile (lifecycle, payments) needs users/ and payments/.
     let (users, payments) = (args.data.join("users"), args.data.join("payments"));
@@ -180,6 +182,7 @@ async fn compute(args: &Args, params: &PlanParams, url: &str) -> anyhow::Result<
             "churn_labels" => "computing churn labels",
             "user_profile" => "computing user profiles",
             "segments" => "computing segments",
+            "user_habits" => "computing habits",
             _ => "computing engagement",
         });
         let df = ctx

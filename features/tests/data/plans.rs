@@ -434,3 +434,58 @@ async fn segments_give_lifecycle_and_rfm_value_tiers() {
     assert_eq!(seg("4"), ("new".into(), "dormant".into()));
     assert_eq!(rows["1"]["risk_tier"], "");
 }
+
+#[tokio::test]
+async fn habits_entropy_and_consistency_on_hand_made_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // User 1: 4 plays, 2 at commute (08 h), 2 in the evening (18 h): entropy
+    // 1 bit, top slot 0.5; 3 on mobile, 1 on car: 0.75; one region: 1.0.
+    std::fs::write(
+        dir.path().join("plays.csv"),
+        "user_id,item_id,ts,played_secs,item_secs,source,device,region\n\
+         1,1,2026-02-20T08:00:00Z,100,200,search,mobile,north\n\
+         1,2,2026-02-21T08:30:00Z,100,200,search,mobile,north\n\
+         1,3,2026-02-21T18:00:00Z,100,200,search,mobile,north\n\
+         1,4,2026-02-22T18:30:00Z,100,200,search,car,north\n\
+         1,5,2026-01-01T03:00:00Z,100,200,search,tv,south\n",
+    )
+    .unwrap();
+    ingest("plays", &dir.path().join("plays.csv"), &data)
+        .await
+        .unwrap();
+    let ctx = SessionContext::new();
+    register(
+        &ctx,
+        &TableSource {
+            name: "plays".into(),
+            path: data.join("plays"),
+        },
+    )
+    .await
+    .unwrap();
+    let p = PlanParams {
+        include_unconsented: true,
+        ..PlanParams::at(NaiveDate::from_ymd_opt(2026, 3, 1).unwrap())
+    };
+    let batches = encore_features::plans::user_habits(&ctx, &p)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let rows = cells(
+        &arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string(),
+    );
+    let num = |c: &str| -> f64 { rows["1"][c].parse().unwrap() };
+    assert!((num("slot_entropy_30d") - 1.0).abs() < 1e-9, "{rows:?}");
+    assert_eq!(num("top_slot_share_30d"), 0.5);
+    assert_eq!(num("device_consistency_30d"), 0.75);
+    assert_eq!(
+        num("region_stability_30d"),
+        1.0,
+        "the January play in the south is outside the window"
+    );
+}
