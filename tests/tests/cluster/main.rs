@@ -36,7 +36,7 @@ pub fn data_dir() -> &'static Path {
 
 /// The canonical tables of [`data_dir`].
 pub fn tables() -> Vec<TableSource> {
-    ["users", "items", "plays"]
+    ["users", "items", "plays", "payments", "interactions"]
         .into_iter()
         .map(|name| TableSource {
             name: name.into(),
