@@ -386,6 +386,80 @@ pub async fn user_habits(ctx: &SessionContext, p: &PlanParams) -> Result<DataFra
     Ok(ctx.sql(&user_habits_sql(p)?).await?)
 }
 
+/// Per-item features from plays and favourites before T: plays per window,
+/// hotness (plays in the last 7 days over the average week of the 28 days
+/// before T, +1 smoothing), completion and skip rates, distinct listeners
+/// and the favourite ratio over 30 days, with each item's genre and artist
+/// and their 30-day play totals.
+pub fn item_features_sql(p: &PlanParams) -> Result<String> {
+    p.check()?;
+    let t = p.t();
+    let windows: Vec<String> = p
+        .windows
+        .iter()
+        .map(|w| {
+            format!(
+                "           sum(CASE WHEN pl.ts >= {t} - INTERVAL '{w} days' THEN 1 ELSE 0 END) AS plays_{w}d"
+            )
+        })
+        .collect();
+    Ok(format!(
+        "-- item features at {cutoff}; reads items, plays and favourites with ts < T
+WITH item_plays AS (
+    SELECT pl.item_id,
+{windows},
+           sum(CASE WHEN pl.ts >= {t} - INTERVAL '7 days' THEN 1.0 ELSE 0.0 END) AS plays_last_7d,
+           sum(CASE WHEN pl.ts >= {t} - INTERVAL '28 days' THEN 1.0 ELSE 0.0 END) AS plays_last_28d,
+           avg(CASE WHEN pl.ts >= {t} - INTERVAL '30 days'
+                    THEN CASE WHEN pl.played_secs >= 0.985 * pl.item_secs THEN 1.0 ELSE 0.0 END END) AS completion_rate_30d,
+           avg(CASE WHEN pl.ts >= {t} - INTERVAL '30 days'
+                    THEN CASE WHEN pl.played_secs < 0.5 * pl.item_secs THEN 1.0 ELSE 0.0 END END) AS skip_rate_30d,
+           count(DISTINCT CASE WHEN pl.ts >= {t} - INTERVAL '30 days' THEN pl.user_id END) AS listeners_30d
+    FROM plays pl
+    WHERE pl.ts < {t}
+    GROUP BY pl.item_id
+),
+favourites AS (
+    SELECT item_id, count(*) AS favorites_30d
+    FROM interactions
+    WHERE kind = 'favorite' AND item_id IS NOT NULL
+      AND ts < {t} AND ts >= {t} - INTERVAL '30 days'
+    GROUP BY item_id
+),
+items_now AS (
+    SELECT i.item_id, i.genre, i.artist_id,
+           coalesce(ip.plays_30d_for_groups, 0) AS plays_30d_for_groups
+    FROM items i
+    LEFT JOIN (SELECT item_id, sum(CASE WHEN ts >= {t} - INTERVAL '30 days' THEN 1 ELSE 0 END) AS plays_30d_for_groups
+               FROM plays WHERE ts < {t} GROUP BY item_id) ip ON i.item_id = ip.item_id
+)
+SELECT n.item_id, n.genre, n.artist_id,
+{window_columns},
+       (coalesce(ip.plays_last_7d, 0.0) + 1.0) / ((coalesce(ip.plays_last_28d, 0.0) + 1.0) / 4.0) AS hotness_7d,
+       ip.completion_rate_30d, ip.skip_rate_30d,
+       coalesce(ip.listeners_30d, 0) AS listeners_30d,
+       CAST(coalesce(f.favorites_30d, 0) AS DOUBLE) / greatest(coalesce(ip.listeners_30d, 0), 1) AS favorite_ratio_30d,
+       sum(n.plays_30d_for_groups) OVER (PARTITION BY n.genre) AS genre_plays_30d,
+       sum(n.plays_30d_for_groups) OVER (PARTITION BY n.artist_id) AS artist_plays_30d
+FROM items_now n
+LEFT JOIN item_plays ip ON n.item_id = ip.item_id
+LEFT JOIN favourites f ON n.item_id = f.item_id",
+        cutoff = p.cutoff,
+        windows = windows.join(",\n"),
+        window_columns = p
+            .windows
+            .iter()
+            .map(|w| format!("       coalesce(ip.plays_{w}d, 0) AS plays_{w}d"))
+            .collect::<Vec<_>>()
+            .join(",\n"),
+    ))
+}
+
+/// The item features as a DataFrame over `items`, `plays` and `interactions` in `ctx`.
+pub async fn item_features(ctx: &SessionContext, p: &PlanParams) -> Result<DataFrame> {
+    Ok(ctx.sql(&item_features_sql(p)?).await?)
+}
+
 /// The user profile as a DataFrame over `users` and `payments` in `ctx`.
 pub async fn user_profile(ctx: &SessionContext, p: &PlanParams) -> Result<DataFrame> {
     Ok(ctx.sql(&user_profile_sql(p)?).await?)
@@ -422,6 +496,16 @@ pub fn describe(column: &str) -> Option<String> {
         "auto_renew" => Some("auto-renew flag of the last payment before T"),
         "days_to_expiry" => Some("days from T to the expiry of the last payment before T"),
         "paid_vs_list" => Some("average share of the list price paid"),
+        "item_id" => Some("the item (song)"),
+        "genre" => Some("the item's genre"),
+        "artist_id" => Some("the item's artist"),
+        "hotness_7d" => Some(
+            "item plays in the last 7 days over its average week of the last 28 (+1 smoothing)",
+        ),
+        "listeners_30d" => Some("distinct users who played the item in the 30 days before T"),
+        "favorite_ratio_30d" => Some("favourites per listener in the 30 days before T"),
+        "genre_plays_30d" => Some("plays of the item's genre in the 30 days before T"),
+        "artist_plays_30d" => Some("plays of the item's artist in the 30 days before T"),
         "slot_entropy_30d" => Some("entropy (bits) of plays over 5 time slots, 30 days before T"),
         "top_slot_share_30d" => Some("share of plays in the most used time slot, 30 days before T"),
         "device_consistency_30d" => {

@@ -18,7 +18,8 @@ use crate::output;
 /// <out>/user_habits.parquet,
 /// <out>/user_profile.parquet and <out>/segments.parquet (when users/ and
 /// payments/ exist),
-/// <out>/user_engagement.parquet (when interactions/ exists) and
+/// <out>/user_engagement.parquet (when interactions/ exists),
+/// <out>/item_features.parquet (when items/ and interactions/ exist) and
 /// <out>/manifest.json (columns with types and meanings, cutoff,
 /// windows, horizons, input data version). Without --scheduler an
 /// in-process cluster runs the plans.
@@ -174,6 +175,18 @@ async fn compute(args: &Args, params: &PlanParams, url: &str) -> anyhow::Result<
         )
         .await?;
         plan_list.push(("user_engagement", plans::user_engagement_sql(params)?));
+        let items = args.data.join("items");
+        if items.exists() {
+            tables::register(
+                &ctx,
+                &TableSource {
+                    name: "items".into(),
+                    path: items,
+                },
+            )
+            .await?;
+            plan_list.push(("item_features", plans::item_features_sql(params)?));
+        }
     }
     let mut manifest_tables = serde_json::Map::new();
     for (name, sql) in plan_list {
@@ -183,10 +196,16 @@ async fn compute(args: &Args, params: &PlanParams, url: &str) -> anyhow::Result<
             "user_profile" => "computing user profiles",
             "segments" => "computing segments",
             "user_habits" => "computing habits",
+            "item_features" => "computing item features",
             _ => "computing engagement",
         });
+        let key = if name == "item_features" {
+            "item_id"
+        } else {
+            "user_id"
+        };
         let df = ctx
-            .sql(&format!("SELECT * FROM ({sql}) ORDER BY user_id"))
+            .sql(&format!("SELECT * FROM ({sql}) ORDER BY {key}"))
             .await?;
         let columns: Vec<serde_json::Value> = df
             .schema()

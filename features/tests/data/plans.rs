@@ -489,3 +489,80 @@ async fn habits_entropy_and_consistency_on_hand_made_rows() {
         "the January play in the south is outside the window"
     );
 }
+
+#[tokio::test]
+async fn item_features_on_hand_made_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::write(
+        dir.path().join("items.csv"),
+        "item_id,artist_id,genre,duration_secs\n1,10,pop,200\n2,10,pop,200\n3,20,jazz,200\n",
+    )
+    .unwrap();
+    ingest("items", &dir.path().join("items.csv"), &data)
+        .await
+        .unwrap();
+    // T = 2026-03-01. Item 1: 3 plays in the last 7 days by 2 users (one
+    // skipped), 1 play 20 days before. Item 2: 1 play 10 days before.
+    // Item 3: never played.
+    std::fs::write(
+        dir.path().join("plays.csv"),
+        "user_id,item_id,ts,played_secs,item_secs,source,device\n\
+         1,1,2026-02-27T10:00:00Z,200,200,search,mobile\n\
+         1,1,2026-02-28T10:00:00Z,200,200,search,mobile\n\
+         2,1,2026-02-28T11:00:00Z,20,200,search,mobile\n\
+         2,1,2026-02-09T11:00:00Z,200,200,search,mobile\n\
+         3,2,2026-02-19T11:00:00Z,200,200,search,mobile\n",
+    )
+    .unwrap();
+    ingest("plays", &dir.path().join("plays.csv"), &data)
+        .await
+        .unwrap();
+    std::fs::write(
+        dir.path().join("interactions.csv"),
+        "user_id,item_id,ts,kind\n1,1,2026-02-28T10:05:00Z,favorite\n",
+    )
+    .unwrap();
+    ingest("interactions", &dir.path().join("interactions.csv"), &data)
+        .await
+        .unwrap();
+    let ctx = SessionContext::new();
+    for table in ["items", "plays", "interactions"] {
+        register(
+            &ctx,
+            &TableSource {
+                name: table.into(),
+                path: data.join(table),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let p = PlanParams::at(NaiveDate::from_ymd_opt(2026, 3, 1).unwrap());
+    let batches = encore_features::plans::item_features(&ctx, &p)
+        .await
+        .unwrap()
+        .sort_by(vec![col("item_id")])
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let rows = cells(
+        &arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string(),
+    );
+    let num = |i: &str, c: &str| -> f64 { rows[i][c].parse().unwrap() };
+    assert_eq!(num("1", "plays_7d"), 3.0);
+    assert_eq!(num("1", "plays_30d"), 4.0);
+    // (3 + 1) / ((4 + 1) / 4) = 3.2
+    assert!((num("1", "hotness_7d") - 3.2).abs() < 1e-9);
+    assert_eq!(num("1", "skip_rate_30d"), 0.25);
+    assert_eq!(num("1", "listeners_30d"), 2.0);
+    assert_eq!(num("1", "favorite_ratio_30d"), 0.5);
+    assert_eq!(num("1", "genre_plays_30d"), 5.0, "pop: items 1 and 2");
+    assert_eq!(num("1", "artist_plays_30d"), 5.0);
+    assert_eq!(num("3", "plays_30d"), 0.0);
+    assert_eq!(num("3", "genre_plays_30d"), 0.0);
+    assert_eq!(rows["3"]["completion_rate_30d"], "", "never played: null");
+}
