@@ -460,6 +460,48 @@ pub async fn item_features(ctx: &SessionContext, p: &PlanParams) -> Result<DataF
     Ok(ctx.sql(&item_features_sql(p)?).await?)
 }
 
+/// Recommendation pairs around T: `split = 'train'` rows are the (user,
+/// item) pairs played in the 90 days before T with their play and
+/// completion counts; `split = 'holdout'` rows are the pairs with a
+/// completed play in (T, T + h] for the shortest horizon h, flagged
+/// `seen_before` when the user had played the item in the training window.
+pub fn recommendation_pairs_sql(p: &PlanParams) -> Result<String> {
+    p.check()?;
+    let t = p.t();
+    let h = p.horizons.iter().min().copied().unwrap_or(7);
+    Ok(format!(
+        "-- recommendation pairs at {cutoff}: training from [T - 90 days, T), held out from (T, T + {h} days]
+WITH train AS (
+    SELECT user_id, item_id,
+           count(*) AS plays,
+           sum(CASE WHEN played_secs >= 0.985 * item_secs THEN 1 ELSE 0 END) AS completions
+    FROM plays
+    WHERE ts < {t} AND ts >= {t} - INTERVAL '90 days'{consent}
+    GROUP BY user_id, item_id
+),
+holdout AS (
+    SELECT user_id, item_id,
+           count(*) AS plays,
+           sum(CASE WHEN played_secs >= 0.985 * item_secs THEN 1 ELSE 0 END) AS completions
+    FROM plays
+    WHERE ts > {t} AND ts <= {t} + INTERVAL '{h} days'{consent}
+    GROUP BY user_id, item_id
+    HAVING sum(CASE WHEN played_secs >= 0.985 * item_secs THEN 1 ELSE 0 END) > 0
+)
+SELECT 'train' AS split, user_id, item_id, plays, completions, true AS seen_before FROM train
+UNION ALL
+SELECT 'holdout' AS split, h.user_id, h.item_id, h.plays, h.completions, t.user_id IS NOT NULL AS seen_before
+FROM holdout h LEFT JOIN train t ON h.user_id = t.user_id AND h.item_id = t.item_id",
+        cutoff = p.cutoff,
+        consent = p.consent("user_id"),
+    ))
+}
+
+/// The recommendation pairs as a DataFrame over `plays` in `ctx`.
+pub async fn recommendation_pairs(ctx: &SessionContext, p: &PlanParams) -> Result<DataFrame> {
+    Ok(ctx.sql(&recommendation_pairs_sql(p)?).await?)
+}
+
 /// The user profile as a DataFrame over `users` and `payments` in `ctx`.
 pub async fn user_profile(ctx: &SessionContext, p: &PlanParams) -> Result<DataFrame> {
     Ok(ctx.sql(&user_profile_sql(p)?).await?)
@@ -497,6 +539,9 @@ pub fn describe(column: &str) -> Option<String> {
         "days_to_expiry" => Some("days from T to the expiry of the last payment before T"),
         "paid_vs_list" => Some("average share of the list price paid"),
         "item_id" => Some("the item (song)"),
+        "split" => Some("train: played before T; holdout: completed in (T, T + shortest horizon]"),
+        "completions" => Some("plays that reached 98.5% of the song"),
+        "seen_before" => Some("the user played the item in the training window"),
         "genre" => Some("the item's genre"),
         "artist_id" => Some("the item's artist"),
         "hotness_7d" => Some(

@@ -15,7 +15,7 @@ use crate::output;
 ///
 /// Features read only plays before the cutoff; labels only the horizons
 /// after it. Writes <out>/user_features.parquet, <out>/churn_labels.parquet,
-/// <out>/user_habits.parquet,
+/// <out>/user_habits.parquet, <out>/recommendation_pairs.parquet,
 /// <out>/user_profile.parquet and <out>/segments.parquet (when users/ and
 /// payments/ exist),
 /// <out>/user_engagement.parquet (when interactions/ exists),
@@ -138,6 +138,10 @@ async fn compute(args: &Args, params: &PlanParams, url: &str) -> anyhow::Result<
         ("user_features", plans::user_activity_sql(params)?),
         ("churn_labels", plans::churn_labels_sql(params)?),
         ("user_habits", plans::user_habits_sql(params)?),
+        (
+            "recommendation_pairs",
+            plans::recommendation_pairs_sql(params)?,
+        ),
     ];
     // The profile (lifecycle, payments) needs users/ and payments/.
     let (users, payments) = (args.data.join("users"), args.data.join("payments"));
@@ -197,6 +201,7 @@ async fn compute(args: &Args, params: &PlanParams, url: &str) -> anyhow::Result<
             "segments" => "computing segments",
             "user_habits" => "computing habits",
             "item_features" => "computing item features",
+            "recommendation_pairs" => "computing recommendation pairs",
             _ => "computing engagement",
         });
         let key = if name == "item_features" {

@@ -566,3 +566,78 @@ async fn item_features_on_hand_made_rows() {
     assert_eq!(num("3", "genre_plays_30d"), 0.0);
     assert_eq!(rows["3"]["completion_rate_30d"], "", "never played: null");
 }
+
+#[tokio::test]
+async fn recommendation_pairs_split_at_t() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // T = 2026-03-01. Before: user 1 plays item 1 twice (one complete), item 2
+    // once. After: item 1 completed again (seen before), item 3 completed
+    // (new), item 4 skipped (not a positive), item 5 completed after the
+    // 7-day horizon (outside).
+    std::fs::write(
+        dir.path().join("plays.csv"),
+        "user_id,item_id,ts,played_secs,item_secs,source,device\n\
+         1,1,2026-02-10T10:00:00Z,200,200,search,mobile\n\
+         1,1,2026-02-11T10:00:00Z,20,200,search,mobile\n\
+         1,2,2026-02-12T10:00:00Z,20,200,search,mobile\n\
+         1,1,2026-03-02T10:00:00Z,200,200,search,mobile\n\
+         1,3,2026-03-03T10:00:00Z,200,200,search,mobile\n\
+         1,4,2026-03-03T11:00:00Z,20,200,search,mobile\n\
+         1,5,2026-03-10T11:00:00Z,200,200,search,mobile\n",
+    )
+    .unwrap();
+    ingest("plays", &dir.path().join("plays.csv"), &data)
+        .await
+        .unwrap();
+    let ctx = SessionContext::new();
+    register(
+        &ctx,
+        &TableSource {
+            name: "plays".into(),
+            path: data.join("plays"),
+        },
+    )
+    .await
+    .unwrap();
+    let p = PlanParams {
+        include_unconsented: true,
+        ..PlanParams::at(NaiveDate::from_ymd_opt(2026, 3, 1).unwrap())
+    };
+    let batches = encore_features::plans::recommendation_pairs(&ctx, &p)
+        .await
+        .unwrap()
+        .sort(vec![
+            col("split").sort(false, false),
+            col("item_id").sort(true, false),
+        ])
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let text = arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    let rows: Vec<Vec<String>> = text
+        .lines()
+        .filter(|l| l.starts_with('|'))
+        .skip(1)
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().to_owned())
+                .collect()
+        })
+        .collect();
+    let expected = [
+        ["train", "1", "1", "2", "1", "true"],
+        ["train", "1", "2", "1", "0", "true"],
+        ["holdout", "1", "1", "1", "1", "true"],
+        ["holdout", "1", "3", "1", "1", "false"],
+    ];
+    assert_eq!(
+        rows,
+        expected.map(|r| r.map(str::to_owned)).to_vec(),
+        "{text}"
+    );
+}
