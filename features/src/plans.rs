@@ -502,6 +502,43 @@ pub async fn recommendation_pairs(ctx: &SessionContext, p: &PlanParams) -> Resul
     Ok(ctx.sql(&recommendation_pairs_sql(p)?).await?)
 }
 
+/// Subscription churn (the KKBox rule): for users whose membership, as of
+/// their last payment before T, expires in [T, T + 30 days), `sub_churn` is
+/// true when no new (non-cancelling) payment arrives within 30 days after
+/// that expiry. Reads payments before T and up to T + 60 days.
+pub fn subscription_churn_sql(p: &PlanParams) -> Result<String> {
+    p.check()?;
+    let t = p.t();
+    Ok(format!(
+        "-- subscription churn labels at {cutoff} (KKBox rule)
+WITH latest AS (
+    SELECT user_id, last_value(expires_at ORDER BY ts) AS expires_at
+    FROM payments
+    WHERE ts < {t} AND NOT coalesce(is_cancel, false){consent}
+    GROUP BY user_id
+),
+expiring AS (
+    SELECT user_id, expires_at FROM latest
+    WHERE expires_at >= {t} AND expires_at < {t} + INTERVAL '30 days'
+),
+renewed AS (
+    SELECT DISTINCT e.user_id
+    FROM expiring e JOIN payments pay ON e.user_id = pay.user_id
+    WHERE pay.ts >= {t} AND NOT coalesce(pay.is_cancel, false)
+      AND pay.ts <= e.expires_at + INTERVAL '30 days'
+)
+SELECT e.user_id, e.expires_at, r.user_id IS NULL AS sub_churn
+FROM expiring e LEFT JOIN renewed r ON e.user_id = r.user_id",
+        cutoff = p.cutoff,
+        consent = p.consent("user_id"),
+    ))
+}
+
+/// The subscription churn labels as a DataFrame over `payments` in `ctx`.
+pub async fn subscription_churn(ctx: &SessionContext, p: &PlanParams) -> Result<DataFrame> {
+    Ok(ctx.sql(&subscription_churn_sql(p)?).await?)
+}
+
 /// The user profile as a DataFrame over `users` and `payments` in `ctx`.
 pub async fn user_profile(ctx: &SessionContext, p: &PlanParams) -> Result<DataFrame> {
     Ok(ctx.sql(&user_profile_sql(p)?).await?)
@@ -539,6 +576,10 @@ pub fn describe(column: &str) -> Option<String> {
         "days_to_expiry" => Some("days from T to the expiry of the last payment before T"),
         "paid_vs_list" => Some("average share of the list price paid"),
         "item_id" => Some("the item (song)"),
+        "expires_at" => Some("membership expiry as of the last payment before T"),
+        "sub_churn" => Some(
+            "label (KKBox rule): no renewal within 30 days after an expiry in [T, T + 30 days)",
+        ),
         "split" => Some("train: played before T; holdout: completed in (T, T + shortest horizon]"),
         "completions" => Some("plays that reached 98.5% of the song"),
         "seen_before" => Some("the user played the item in the training window"),

@@ -16,8 +16,8 @@ use crate::output;
 /// Features read only plays before the cutoff; labels only the horizons
 /// after it. Writes <out>/user_features.parquet, <out>/churn_labels.parquet,
 /// <out>/user_habits.parquet, <out>/recommendation_pairs.parquet,
-/// <out>/user_profile.parquet and <out>/segments.parquet (when users/ and
-/// payments/ exist),
+/// <out>/user_profile.parquet, <out>/segments.parquet and
+/// <out>/subscription_churn.parquet (when users/ and payments/ exist),
 /// <out>/user_engagement.parquet (when interactions/ exists),
 /// <out>/item_features.parquet (when items/ and interactions/ exist) and
 /// <out>/manifest.json (columns with types and meanings, cutoff,
@@ -166,6 +166,7 @@ async fn compute(args: &Args, params: &PlanParams, url: &str) -> anyhow::Result<
         .await?;
         plan_list.push(("user_profile", plans::user_profile_sql(params)?));
         plan_list.push(("segments", plans::segments_sql(params)?));
+        plan_list.push(("subscription_churn", plans::subscription_churn_sql(params)?));
     }
     // Engagement and early warnings need interactions/.
     let interactions = args.data.join("interactions");
@@ -202,6 +203,7 @@ async fn compute(args: &Args, params: &PlanParams, url: &str) -> anyhow::Result<
             "user_habits" => "computing habits",
             "item_features" => "computing item features",
             "recommendation_pairs" => "computing recommendation pairs",
+            "subscription_churn" => "computing subscription churn labels",
             _ => "computing engagement",
         });
         let key = if name == "item_features" {

@@ -641,3 +641,60 @@ async fn recommendation_pairs_split_at_t() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn subscription_churn_follows_the_kkbox_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // T = 2026-03-01. User 1 expires 03-10 and renews 03-25 (within 30
+    // days): not churned. User 2 expires 03-05, renews 04-20 (too late):
+    // churned. User 3 expires 05-01 (not within 30 days of T): no label.
+    // User 4 expires 03-15 and only cancels after: churned.
+    std::fs::write(
+        dir.path().join("payments.csv"),
+        "user_id,ts,amount,product,expires_at,is_cancel\n\
+         1,2026-02-08T00:00:00Z,149,subscription,2026-03-10T00:00:00Z,false\n\
+         1,2026-03-25T00:00:00Z,149,subscription,2026-04-24T00:00:00Z,false\n\
+         2,2026-02-03T00:00:00Z,149,subscription,2026-03-05T00:00:00Z,false\n\
+         2,2026-04-20T00:00:00Z,149,subscription,2026-05-20T00:00:00Z,false\n\
+         3,2026-02-01T00:00:00Z,447,subscription,2026-05-01T00:00:00Z,false\n\
+         4,2026-02-13T00:00:00Z,149,subscription,2026-03-15T00:00:00Z,false\n\
+         4,2026-03-02T00:00:00Z,0,subscription,2026-03-15T00:00:00Z,true\n",
+    )
+    .unwrap();
+    ingest("payments", &dir.path().join("payments.csv"), &data)
+        .await
+        .unwrap();
+    let ctx = SessionContext::new();
+    register(
+        &ctx,
+        &TableSource {
+            name: "payments".into(),
+            path: data.join("payments"),
+        },
+    )
+    .await
+    .unwrap();
+    let p = PlanParams {
+        include_unconsented: true,
+        ..PlanParams::at(NaiveDate::from_ymd_opt(2026, 3, 1).unwrap())
+    };
+    let batches = encore_features::plans::subscription_churn(&ctx, &p)
+        .await
+        .unwrap()
+        .sort_by(vec![col("user_id")])
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let rows = cells(
+        &arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string(),
+    );
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(rows["1"]["sub_churn"], "false");
+    assert_eq!(rows["2"]["sub_churn"], "true");
+    assert_eq!(rows["4"]["sub_churn"], "true");
+    assert!(!rows.contains_key("3"));
+}
