@@ -71,6 +71,45 @@ impl LocalCluster {
     }
 }
 
+/// Where a command runs: the given scheduler, or an in-process cluster it
+/// starts (with `slots` task slots, 0 for every core) and stops afterwards.
+pub struct Target {
+    local: Option<LocalCluster>,
+    /// The scheduler URL to connect to.
+    pub url: String,
+}
+
+impl Target {
+    /// Uses `scheduler`, or starts an in-process cluster when it is None.
+    pub async fn start(scheduler: Option<&str>, slots: usize) -> anyhow::Result<Self> {
+        Ok(match scheduler {
+            Some(url) => Self {
+                local: None,
+                url: url.to_owned(),
+            },
+            None => {
+                let local = LocalCluster::ephemeral(slots).await?;
+                let url = local.scheduler.url();
+                Self {
+                    local: Some(local),
+                    url,
+                }
+            }
+        })
+    }
+
+    /// Stops the in-process cluster, if one was started, and passes `result` on.
+    pub async fn finish<T>(self, result: anyhow::Result<T>) -> anyhow::Result<T> {
+        if let Some(local) = self.local {
+            local
+                .shutdown()
+                .await
+                .context("stopping the in-process cluster")?;
+        }
+        result
+    }
+}
+
 /// A Ballista session on the scheduler at `url` (`df://host:port`), after
 /// checking that the scheduler answers, so a wrong address fails fast.
 pub async fn connect(url: &str) -> anyhow::Result<SessionContext> {

@@ -8,7 +8,7 @@ use chrono::NaiveDate;
 use encore_features::plans::{self, PlanParams};
 use encore_features::tables::{self, TableSource};
 
-use crate::cluster::{self, LocalCluster};
+use crate::cluster;
 use crate::output;
 
 /// Compute user features and churn labels at a cutoff, point-in-time.
@@ -96,22 +96,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     plans::user_activity_sql(&params)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create --out {}", args.out.display()))?;
-    let (local, url) = match &args.scheduler {
-        Some(url) => (None, url.clone()),
-        None => {
-            let local = LocalCluster::ephemeral(0).await?;
-            let url = local.scheduler.url();
-            (Some(local), url)
-        }
-    };
-    let result = compute(&args, &params, &url).await;
-    if let Some(local) = local {
-        local
-            .shutdown()
-            .await
-            .context("stopping the in-process cluster")?;
-    }
-    result
+    let target = cluster::Target::start(args.scheduler.as_deref(), 0).await?;
+    let result = compute(&args, &params, &target.url).await;
+    target.finish(result).await
 }
 
 async fn compute(args: &Args, params: &PlanParams, url: &str) -> anyhow::Result<()> {

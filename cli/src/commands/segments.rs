@@ -2,12 +2,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use chrono::NaiveDate;
 use encore_features::plans::{self, PlanParams};
 use encore_features::tables::{self, TableSource};
 
-use crate::cluster::{self, LocalCluster};
+use crate::cluster;
 use crate::output;
 
 /// Print how many users are in each segment (lifecycle stage × RFM value tier) at a cutoff.
@@ -36,22 +35,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             args.data.display()
         );
     }
-    let (local, url) = match &args.scheduler {
-        Some(url) => (None, url.clone()),
-        None => {
-            let local = LocalCluster::ephemeral(0).await?;
-            let url = local.scheduler.url();
-            (Some(local), url)
-        }
-    };
-    let result = print(&args, &url).await;
-    if let Some(local) = local {
-        local
-            .shutdown()
-            .await
-            .context("stopping the in-process cluster")?;
-    }
-    result
+    let target = cluster::Target::start(args.scheduler.as_deref(), 0).await?;
+    let result = print(&args, &target.url).await;
+    target.finish(result).await
 }
 
 async fn print(args: &Args, url: &str) -> anyhow::Result<()> {

@@ -2,10 +2,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use encore_features::tables::{self, TableSource};
 
-use crate::cluster::{self, LocalCluster};
+use crate::cluster;
 use crate::output;
 
 /// Run SQL over Parquet, CSV or NDJSON tables on a Ballista cluster.
@@ -43,22 +42,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         // Fail before any work is done.
         output::OutFormat::from_path(out)?;
     }
-    let (local, url) = match &args.scheduler {
-        Some(url) => (None, url.clone()),
-        None => {
-            let local = LocalCluster::ephemeral(args.concurrent_tasks).await?;
-            let url = local.scheduler.url();
-            (Some(local), url)
-        }
-    };
-    let result = query(&args, &url).await;
-    if let Some(local) = local {
-        local
-            .shutdown()
-            .await
-            .context("stopping the in-process cluster")?;
-    }
-    result
+    let target = cluster::Target::start(args.scheduler.as_deref(), args.concurrent_tasks).await?;
+    let result = query(&args, &target.url).await;
+    target.finish(result).await
 }
 
 async fn query(args: &Args, url: &str) -> anyhow::Result<()> {
