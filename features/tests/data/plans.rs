@@ -114,7 +114,20 @@ async fn features_and_labels_on_hand_made_plays() {
     assert!(!labels.contains_key("4"), "user 4 did not consent");
 }
 
-/// A pretty-printed table as user_id → column → cell.
+/// A plan's rows sorted by `key`, as key → column → cell.
+async fn rows_by(
+    df: datafusion::prelude::DataFrame,
+    key: &str,
+) -> std::collections::HashMap<String, std::collections::HashMap<String, String>> {
+    let batches = df.sort_by(vec![col(key)]).unwrap().collect().await.unwrap();
+    cells(
+        &arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string(),
+    )
+}
+
+/// A pretty-printed table as first column → column → cell.
 fn cells(
     text: &str,
 ) -> std::collections::HashMap<String, std::collections::HashMap<String, String>> {
@@ -237,19 +250,13 @@ async fn profile_lifecycle_and_payments_on_hand_made_rows() {
         .unwrap();
     }
     let p = PlanParams::at(NaiveDate::from_ymd_opt(2026, 3, 1).unwrap());
-    let batches = encore_features::plans::user_profile(&ctx, &p)
-        .await
-        .unwrap()
-        .sort_by(vec![col("user_id")])
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    let rows = cells(
-        &arrow::util::pretty::pretty_format_batches(&batches)
-            .unwrap()
-            .to_string(),
-    );
+    let rows = rows_by(
+        encore_features::plans::user_profile(&ctx, &p)
+            .await
+            .unwrap(),
+        "user_id",
+    )
+    .await;
     assert_eq!(rows.len(), 3, "user 4 registered after T: {rows:?}");
     let lifecycle = |u: &str| rows[u]["lifecycle"].clone();
     assert_eq!(
@@ -314,19 +321,13 @@ async fn engagement_and_early_warnings_on_hand_made_rows() {
         include_unconsented: true,
         ..PlanParams::at(NaiveDate::from_ymd_opt(2026, 3, 1).unwrap())
     };
-    let batches = encore_features::plans::user_engagement(&ctx, &p)
-        .await
-        .unwrap()
-        .sort_by(vec![col("user_id")])
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    let rows = cells(
-        &arrow::util::pretty::pretty_format_batches(&batches)
-            .unwrap()
-            .to_string(),
-    );
+    let rows = rows_by(
+        encore_features::plans::user_engagement(&ctx, &p)
+            .await
+            .unwrap(),
+        "user_id",
+    )
+    .await;
     let get = |u: &str, c: &str| rows[u][c].clone();
     assert_eq!(
         get("1", "favorites_30d"),
@@ -411,19 +412,11 @@ async fn segments_give_lifecycle_and_rfm_value_tiers() {
         .unwrap();
     }
     let p = PlanParams::at(NaiveDate::from_ymd_opt(2026, 3, 1).unwrap());
-    let batches = encore_features::plans::segments(&ctx, &p)
-        .await
-        .unwrap()
-        .sort_by(vec![col("user_id")])
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    let rows = cells(
-        &arrow::util::pretty::pretty_format_batches(&batches)
-            .unwrap()
-            .to_string(),
-    );
+    let rows = rows_by(
+        encore_features::plans::segments(&ctx, &p).await.unwrap(),
+        "user_id",
+    )
+    .await;
     let seg = |u: &str| (rows[u]["lifecycle"].clone(), rows[u]["value_tier"].clone());
     // Percent ranks among the 4 users (recency, frequency, monetary):
     // user 1 (1, 1, 1) → 1.0 high; user 2 (2/3, 2/3, 0) → 0.44 mid;
@@ -539,19 +532,13 @@ async fn item_features_on_hand_made_rows() {
         .unwrap();
     }
     let p = PlanParams::at(NaiveDate::from_ymd_opt(2026, 3, 1).unwrap());
-    let batches = encore_features::plans::item_features(&ctx, &p)
-        .await
-        .unwrap()
-        .sort_by(vec![col("item_id")])
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    let rows = cells(
-        &arrow::util::pretty::pretty_format_batches(&batches)
-            .unwrap()
-            .to_string(),
-    );
+    let rows = rows_by(
+        encore_features::plans::item_features(&ctx, &p)
+            .await
+            .unwrap(),
+        "item_id",
+    )
+    .await;
     let num = |i: &str, c: &str| -> f64 { rows[i][c].parse().unwrap() };
     assert_eq!(num("1", "plays_7d"), 3.0);
     assert_eq!(num("1", "plays_30d"), 4.0);
@@ -679,19 +666,13 @@ async fn subscription_churn_follows_the_kkbox_rule() {
         include_unconsented: true,
         ..PlanParams::at(NaiveDate::from_ymd_opt(2026, 3, 1).unwrap())
     };
-    let batches = encore_features::plans::subscription_churn(&ctx, &p)
-        .await
-        .unwrap()
-        .sort_by(vec![col("user_id")])
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    let rows = cells(
-        &arrow::util::pretty::pretty_format_batches(&batches)
-            .unwrap()
-            .to_string(),
-    );
+    let rows = rows_by(
+        encore_features::plans::subscription_churn(&ctx, &p)
+            .await
+            .unwrap(),
+        "user_id",
+    )
+    .await;
     assert_eq!(rows.len(), 3, "{rows:?}");
     assert_eq!(rows["1"]["sub_churn"], "false");
     assert_eq!(rows["2"]["sub_churn"], "true");
