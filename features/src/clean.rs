@@ -183,9 +183,6 @@ pub async fn clean_plays(
     std::fs::rename(&staging, &target).map_err(Error::io(&target))?;
     let json = serde_json::to_string_pretty(&report)
         .map_err(|e| Error::InvalidSpec(format!("report: {e}")))?;
-    let path = out.join("clean_report.json");
-    let tmp = out.join(".clean_report.json.tmp");
-    std::fs::write(&tmp, json).map_err(Error::io(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(Error::io(&path))?;
+    crate::datagen::write_atomic(&out.join("clean_report.json"), json)?;
     Ok(report)
 }

@@ -232,9 +232,7 @@ async fn compute(args: &Args, params: &PlanParams, url: &str) -> anyhow::Result<
         "tables": manifest_tables,
     });
     let path = args.out.join("manifest.json");
-    let tmp = args.out.join(".manifest.json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(&manifest)?)?;
-    std::fs::rename(&tmp, &path)?;
+    encore_features::datagen::write_atomic(&path, serde_json::to_string_pretty(&manifest)?)?;
     println!("wrote {}", path.display());
     Ok(())
 }

@@ -183,10 +183,7 @@ impl Rejects {
                 raw
             );
         }
-        let path = dir.join("rejected.tsv");
-        let tmp = dir.join(".rejected.tsv.tmp");
-        std::fs::write(&tmp, text).map_err(Error::io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(Error::io(&path))?;
+        crate::datagen::write_atomic(&dir.join("rejected.tsv"), text)?;
         Ok(count)
     }
 }
