@@ -150,6 +150,16 @@ FROM active a LEFT JOIN future f ON a.user_id = f.user_id",
     ))
 }
 
+/// The lifecycle stage of `users` row `u` at instant `t`: new (< 3 months
+/// since registration), growing (3–12) or core (>= 12); months of 30.44 days.
+fn lifecycle_sql(t: &str) -> String {
+    format!(
+        "CASE WHEN to_unixtime({t}) - to_unixtime(u.registered_at) < 3 * 30.44 * 86400 THEN 'new'
+            WHEN to_unixtime({t}) - to_unixtime(u.registered_at) < 12 * 30.44 * 86400 THEN 'growing'
+            ELSE 'core' END"
+    )
+}
+
 /// Per-user profile at T from `users` and `payments` (rows with `ts < T`):
 /// lifecycle stage (new < 3 months since registration, growing 3–12, core
 /// ≥ 12), and payment recency, frequency, monetary value, cancellations,
@@ -176,15 +186,14 @@ WITH paid AS (
 )
 SELECT u.user_id,
        CAST(to_unixtime({t}) - to_unixtime(u.registered_at) AS DOUBLE) / 86400.0 AS days_registered,
-       CASE WHEN to_unixtime({t}) - to_unixtime(u.registered_at) < 3 * 30.44 * 86400 THEN 'new'
-            WHEN to_unixtime({t}) - to_unixtime(u.registered_at) < 12 * 30.44 * 86400 THEN 'growing'
-            ELSE 'core' END AS lifecycle,
+       {lifecycle} AS lifecycle,
        p.payments, p.monetary, p.cancels, p.days_since_payment, p.auto_renew,
        p.days_to_expiry, p.paid_vs_list
 FROM users u LEFT JOIN paid p ON u.user_id = p.user_id
 WHERE u.registered_at < {t}{consent}",
         cutoff = p.cutoff,
         consent = p.consent("u.user_id"),
+        lifecycle = lifecycle_sql(&t),
     ))
 }
 
@@ -292,9 +301,7 @@ money AS (
 ),
 base AS (
     SELECT u.user_id,
-           CASE WHEN to_unixtime({t}) - to_unixtime(u.registered_at) < 3 * 30.44 * 86400 THEN 'new'
-                WHEN to_unixtime({t}) - to_unixtime(u.registered_at) < 12 * 30.44 * 86400 THEN 'growing'
-                ELSE 'core' END AS lifecycle,
+           {lifecycle} AS lifecycle,
            CAST(to_unixtime({t}) - to_unixtime(a.last_play) AS DOUBLE) / 86400.0 AS recency_days,
            coalesce(a.plays_90d, 0) AS plays_90d,
            coalesce(m.monetary_365d, 0.0) AS monetary_365d
@@ -320,6 +327,7 @@ SELECT user_id, lifecycle,
 FROM scored",
         cutoff = p.cutoff,
         consent = p.consent("u.user_id"),
+        lifecycle = lifecycle_sql(&t),
     ))
 }
 
