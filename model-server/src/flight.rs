@@ -287,14 +287,7 @@ async fn score_churn(model: &Arc<ServedModel>, batch: RecordBatch) -> Result<Rec
             (horizons, vec![false; n])
         }
     };
-    let Contract::Churn { longest, .. } = model.contract else {
-        return Err(Error::Internal("not a churn model".into()));
-    };
-    let tiers = StringArray::from_iter_values(
-        horizons[longest]
-            .iter()
-            .map(|p| model.manifest.risk_tiers.tier(*p)),
-    );
+    let tiers = StringArray::from_iter_values(model.risk_tiers(&horizons));
     let mut columns: Vec<ArrayRef> = Vec::new();
     if let Some(ids) = ids {
         columns.push(Arc::new(Int64Array::from(ids)));

@@ -202,12 +202,10 @@ async fn infer_churn(
         _ => return Err(invalid("missing input: 'user_id' or 'features'".into())),
     };
     let n = fallback.len() as i64;
-    let Contract::Churn { longest, .. } = model.contract else {
-        return Err(Error::Internal("not a churn model".into()));
-    };
-    let tiers: Vec<Vec<u8>> = probabilities[longest]
-        .iter()
-        .map(|p| model.manifest.risk_tiers.tier(*p).as_bytes().to_vec())
+    let tiers: Vec<Vec<u8>> = model
+        .risk_tiers(&probabilities)
+        .into_iter()
+        .map(|t| t.as_bytes().to_vec())
         .collect();
     let specs = model.contract.outputs(&model.manifest);
     let mut values: Vec<Values> = probabilities.into_iter().map(Values::F32).collect();

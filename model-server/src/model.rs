@@ -243,15 +243,20 @@ impl ServedModel {
         })
     }
 
-    /// The risk tier of each user from the longest horizon.
-    pub fn risk_tiers(&self, scores: &ChurnScores) -> Vec<&'static str> {
+    /// The risk tier of each row from the longest horizon of per-output
+    /// probabilities (`horizons[output][row]`); empty for non-churn models.
+    pub fn risk_tiers(&self, horizons: &[Vec<f32>]) -> Vec<&'static str> {
         let Contract::Churn { longest, .. } = self.contract else {
             return Vec::new();
         };
-        scores.horizons[longest]
-            .iter()
-            .map(|p| self.manifest.risk_tiers.tier(*p))
-            .collect()
+        horizons
+            .get(longest)
+            .map(|h| {
+                h.iter()
+                    .map(|p| self.manifest.risk_tiers.tier(*p))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Top-`k` items for each query; unknown users get the popular items of

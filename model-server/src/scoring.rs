@@ -76,7 +76,7 @@ impl ScoringService {
             });
         }
         let scores = model.churn(&r.user_ids, deadline).await?;
-        let tiers = model.risk_tiers(&scores);
+        let tiers = model.risk_tiers(&scores.horizons);
         let horizon = |days: &str, i: usize| {
             model
                 .manifest
