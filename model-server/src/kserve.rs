@@ -464,10 +464,7 @@ impl GrpcInferenceService for KserveService {
         let mut served = (String::new(), String::new());
         let result = infer(&self.store, request, deadline, &mut served).await;
         if let Some(timer) = timer {
-            let code = result
-                .as_ref()
-                .map_or_else(Error::code, |_| tonic::Code::Ok);
-            timer.finish(&served.0, &served.1, code);
+            timer.finish_result(&served, &result);
         }
         Ok(Response::new(result?))
     }

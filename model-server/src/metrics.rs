@@ -200,6 +200,20 @@ impl RequestTimer<'_> {
     }
 }
 
+impl RequestTimer<'_> {
+    /// Records a handler's result: OK, or the code its error maps to.
+    pub fn finish_result<T>(
+        self,
+        served: &(String, String),
+        result: &std::result::Result<T, crate::error::Error>,
+    ) {
+        let code = result
+            .as_ref()
+            .map_or_else(crate::error::Error::code, |_| tonic::Code::Ok);
+        self.finish(&served.0, &served.1, code);
+    }
+}
+
 impl Drop for RequestTimer<'_> {
     fn drop(&mut self) {
         self.gauge.dec();

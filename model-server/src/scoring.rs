@@ -197,19 +197,6 @@ impl ScoringService {
     }
 }
 
-fn finish<T>(
-    timer: Option<crate::metrics::RequestTimer<'_>>,
-    served: &(String, String),
-    result: &Result<T>,
-) {
-    if let Some(timer) = timer {
-        let code = result
-            .as_ref()
-            .map_or_else(Error::code, |_| tonic::Code::Ok);
-        timer.finish(&served.0, &served.1, code);
-    }
-}
-
 #[tonic::async_trait]
 impl Scoring for ScoringService {
     #[instrument(skip_all, fields(model = %request.get_ref().model_name, users = request.get_ref().user_ids.len()))]
@@ -222,7 +209,9 @@ impl Scoring for ScoringService {
         let timer = self.timer(&r.model_name, "churn", "ScoreChurn");
         let mut served = Default::default();
         let result = self.score_churn(r, deadline, &mut served).await;
-        finish(timer, &served, &result);
+        if let Some(timer) = timer {
+            timer.finish_result(&served, &result);
+        }
         Ok(Response::new(result?))
     }
 
@@ -236,7 +225,9 @@ impl Scoring for ScoringService {
         let timer = self.timer(&r.model_name, "recommend", "Recommend");
         let mut served = Default::default();
         let result = self.recommend(r, deadline, &mut served).await;
-        finish(timer, &served, &result);
+        if let Some(timer) = timer {
+            timer.finish_result(&served, &result);
+        }
         Ok(Response::new(result?))
     }
 }
