@@ -192,13 +192,7 @@ fn typed(batch: &RecordBatch, name: &str, to: &DataType) -> Result<Option<ArrayR
             array.null_count()
         )));
     }
-    // Unsafe casts fail on values that do not convert ("a" as int64)
-    // instead of turning them into nulls.
-    let options = arrow::compute::CastOptions {
-        safe: false,
-        ..Default::default()
-    };
-    arrow::compute::cast_with_options(array, to, &options)
+    crate::snapshot::strict_cast(array, to)
         .map(Some)
         .map_err(|e| Error::InvalidArgument(format!("column '{name}' as {to}: {e}")))
 }

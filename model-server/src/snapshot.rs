@@ -62,13 +62,22 @@ fn column(
     let Some(array) = batch.column_by_name(name) else {
         return Ok(None);
     };
+    strict_cast(array, to)
+        .map(Some)
+        .map_err(|e| snapshot_error(path, format!("column '{name}': {e}")))
+}
+
+/// Casts `array` to `to`, failing on values that do not convert ("a" as
+/// int64) instead of turning them into nulls as Arrow's default cast does.
+pub fn strict_cast(
+    array: &arrow::array::ArrayRef,
+    to: &DataType,
+) -> std::result::Result<arrow::array::ArrayRef, arrow::error::ArrowError> {
     let options = arrow::compute::CastOptions {
         safe: false,
         ..Default::default()
     };
     cast_with_options(array, to, &options)
-        .map(Some)
-        .map_err(|e| snapshot_error(path, format!("column '{name}': {e}")))
 }
 
 impl Snapshot {
