@@ -52,15 +52,17 @@ impl LocalCluster {
         })
     }
 
-    /// On free ports with `slots` task slots: for one-shot commands.
-    pub async fn ephemeral(slots: usize) -> anyhow::Result<Self> {
-        Self::start(
-            SchedulerConfig::default().with_bind_port(0),
-            ExecutorConfig::default()
-                .with_free_ports()
-                .with_concurrent_tasks(slots),
-        )
-        .await
+    /// On free ports with `slots` task slots and a memory pool of
+    /// `memory_pool` bytes (None: 70% of memory; operators spill beyond
+    /// it): for one-shot commands.
+    pub async fn ephemeral(slots: usize, memory_pool: Option<u64>) -> anyhow::Result<Self> {
+        let mut executor = ExecutorConfig::default()
+            .with_free_ports()
+            .with_concurrent_tasks(slots);
+        if memory_pool.is_some() {
+            executor.memory_pool_size_bytes = memory_pool;
+        }
+        Self::start(SchedulerConfig::default().with_bind_port(0), executor).await
     }
 
     /// Stops the executor, then the scheduler.
@@ -80,15 +82,20 @@ pub struct Target {
 }
 
 impl Target {
-    /// Uses `scheduler`, or starts an in-process cluster when it is None.
-    pub async fn start(scheduler: Option<&str>, slots: usize) -> anyhow::Result<Self> {
+    /// Uses `scheduler`, or starts an in-process cluster when it is None
+    /// (see [`LocalCluster::ephemeral`]).
+    pub async fn start(
+        scheduler: Option<&str>,
+        slots: usize,
+        memory_pool: Option<u64>,
+    ) -> anyhow::Result<Self> {
         Ok(match scheduler {
             Some(url) => Self {
                 local: None,
                 url: url.to_owned(),
             },
             None => {
-                let local = LocalCluster::ephemeral(slots).await?;
+                let local = LocalCluster::ephemeral(slots, memory_pool).await?;
                 let url = local.scheduler.url();
                 Self {
                     local: Some(local),

@@ -31,6 +31,8 @@ enum Command {
     Clean(commands::clean::Args),
     Features(commands::features::Args),
     Segments(commands::segments::Args),
+    Train(commands::train::Args),
+    Models(commands::models::Args),
 }
 
 fn main() {
@@ -56,6 +58,8 @@ fn main() {
                 Command::Clean(args) => commands::clean::run(args).await,
                 Command::Features(args) => commands::features::run(args).await,
                 Command::Segments(args) => commands::segments::run(args).await,
+                Command::Train(args) => commands::train::run(args).await,
+                Command::Models(args) => commands::models::run(args).await,
             }
         }),
         Err(e) => Err(anyhow::anyhow!("cannot start the tokio runtime: {e}")),

@@ -2,7 +2,9 @@
 //! `ExecutorProcessConfig`, plus an HTTP port with `/metrics` (task counts and
 //! durations as `encore_executor_*`), `/healthz` and `/readyz`.
 //!
-//! Later issues add the training worker that runs Encore jobs here.
+//! [`training`] holds the pipelines a training job runs (features through
+//! the cluster, tch training, evaluation, export, registration); the job
+//! service that hands jobs to executors is still to come.
 //! This crate knows nothing of the scheduler's internals or of serving.
 //!
 //! Start it with [`start_executor`]; the returned [`ExecutorHandle`] carries
@@ -14,6 +16,7 @@ pub mod error;
 mod http;
 pub mod metrics;
 mod server;
+pub mod training;
 
 pub use config::{ExecutorConfig, SchedulingPolicy};
 pub use error::{Error, Result};

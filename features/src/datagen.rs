@@ -244,6 +244,38 @@ impl User {
         let stay = r.powi(h as i32);
         hz * (1.0 - stay) / (1.0 - r).max(1e-12) + stay
     }
+
+    /// Probability of a lapse within `h` days — a run of `lapse` days
+    /// (at most `h`) without a play, the churn label of `plans::churn_labels_sql` —
+    /// by dynamic programming over the days: alive or gone, and the length
+    /// of the current quiet run. The state is taken as constant.
+    fn p_lapse(&self, h: u32, lapse: u32, price_rise: bool) -> f64 {
+        let need = h.min(lapse) as usize;
+        let (hz, q) = (self.hazard(price_rise), self.quiet_day());
+        // alive[r], gone[r]: probability of a quiet run of r days, no lapse yet.
+        let mut alive = vec![0.0; need];
+        let mut gone = vec![0.0; need];
+        alive[0] = 1.0;
+        let mut lapsed = 0.0;
+        for _ in 0..h {
+            let mut next_alive = vec![0.0; need];
+            let mut next_gone = vec![0.0; need];
+            for r in 0..need {
+                let quiet_alive = alive[r] * (1.0 - hz) * q;
+                next_alive[0] += alive[r] * (1.0 - hz) * (1.0 - q);
+                let to_gone = alive[r] * hz + gone[r];
+                if r + 1 == need {
+                    lapsed += quiet_alive + to_gone;
+                } else {
+                    next_alive[r + 1] += quiet_alive;
+                    next_gone[r + 1] += to_gone;
+                }
+            }
+            alive = next_alive;
+            gone = next_gone;
+        }
+        lapsed
+    }
 }
 
 /// A Poisson draw (Knuth; small means only).
@@ -608,11 +640,16 @@ pub fn generate(
     Ok(summary)
 }
 
+/// Quiet days that make a lapse: `PlanParams::lapse_days`' default.
+pub const LAPSE_DAYS: u32 = 7;
+
 /// The ground truth at the cutoff, from each user's latent state (taken as
 /// constant over the horizon): `p_churn_<h>d`, the probability of leaving
 /// within h days (rises with h), and `p_quiet_<h>d`, the probability of no
 /// activity at all in the h days after the cutoff — the probability of the
-/// DESIGN.md churn label, so an oracle AUC against that label is computable.
+/// DESIGN.md "no play in (T, T + h]" label — and `p_lapse_<h>d`, the
+/// probability of the plans' churn label (a run of 7 days without a
+/// play inside h days), so oracle AUCs against either label are computable.
 /// Users already gone at the cutoff have `alive = false` and probability 1.
 fn write_truth(out: &Path, cutoff: NaiveDate, users: &[User], price_rise: bool) -> Result<()> {
     use arrow::array::Float64Array;
@@ -649,6 +686,14 @@ fn write_truth(out: &Path, cutoff: NaiveDate, users: &[User], price_rise: bool) 
             false,
         ));
         columns.push(column(&|u| u.p_no_activity(h, price_rise)));
+    }
+    for h in [7u32, 15, 30] {
+        fields.push(Field::new(
+            format!("p_lapse_{h}d"),
+            DataType::Float64,
+            false,
+        ));
+        columns.push(column(&|u| u.p_lapse(h, LAPSE_DAYS, price_rise)));
     }
     let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
     write_parquet(

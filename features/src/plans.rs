@@ -24,6 +24,8 @@ pub struct PlanParams {
     pub horizons: Vec<u32>,
     /// A user is labelled only if active in this many days before T.
     pub lookback_days: u32,
+    /// Days without a play that make a lapse (churn) inside a horizon.
+    pub lapse_days: u32,
     /// Keep users whose `users.consent` is false (default: excluded, so
     /// training tables never hold them). Needs a registered `users` table
     /// when false.
@@ -31,13 +33,14 @@ pub struct PlanParams {
 }
 
 impl PlanParams {
-    /// Windows 7/14/30/90, horizons 7/15/30, 30-day lookback.
+    /// Windows 7/14/30/90, horizons 7/15/30, 30-day lookback, 7-day lapse.
     pub fn at(cutoff: NaiveDate) -> Self {
         Self {
             cutoff,
             windows: vec![7, 14, 30, 90],
             horizons: vec![7, 15, 30],
             lookback_days: 30,
+            lapse_days: 7,
             include_unconsented: false,
         }
     }
@@ -48,9 +51,13 @@ impl PlanParams {
                 "feature windows must be 1 day or more".into(),
             ));
         }
-        if self.horizons.is_empty() || self.horizons.contains(&0) || self.lookback_days == 0 {
+        if self.horizons.is_empty()
+            || self.horizons.contains(&0)
+            || self.lookback_days == 0
+            || self.lapse_days == 0
+        {
             return Err(Error::InvalidSpec(
-                "label horizons and the lookback must be 1 day or more".into(),
+                "label horizons, the lookback and the lapse must be 1 day or more".into(),
             ));
         }
         Ok(())
@@ -68,83 +75,204 @@ impl PlanParams {
     fn t(&self) -> String {
         format!("TIMESTAMP '{}T00:00:00Z'", self.cutoff.format("%Y-%m-%d"))
     }
+
+    /// Days without a play that make a lapse at every horizon: `lapse_days`,
+    /// or the shortest horizon if shorter.
+    pub fn lapse_run(&self) -> u32 {
+        self.horizons
+            .iter()
+            .copied()
+            .min()
+            .unwrap_or(self.lapse_days)
+            .min(self.lapse_days)
+    }
+
+    /// T as whole days since 1970-01-01 (the plans' `day_number`).
+    fn t_day(&self) -> i64 {
+        (self.cutoff - NaiveDate::default()).num_days()
+    }
 }
 
-/// Per-user activity features from `plays` before T: for each window w,
-/// plays, listening seconds, active days, completion and skip rates; the
-/// last-7-days trend against the 21 days before; days since the last play.
+/// Plays more than this far apart belong to different listening sessions.
+pub const SESSION_GAP_SECS: u32 = 30 * 60;
+
+/// Per-user activity features from `plays` in the longest window before T:
+/// for each window w, plays, listening seconds, active days, sessions (runs
+/// of plays with gaps of at most [`SESSION_GAP_SECS`]), completion and skip
+/// rates; the last-7-days trend against the 21 days before; days since the
+/// last play. Plays are first summed per user and day, so every window is a
+/// cheap sum over at most `max(windows)` rows per user.
 pub fn user_activity_sql(p: &PlanParams) -> Result<String> {
     p.check()?;
     let t = p.t();
+    let t_day = p.t_day();
+    let longest = p.windows.iter().max().copied().unwrap_or(90).max(28);
     let mut columns = Vec::new();
     for w in &p.windows {
-        let inside = format!("ts >= {t} - INTERVAL '{w} days'");
+        let inside = format!("day_number >= {t_day} - {w}");
         columns.push(format!(
-            "    sum(CASE WHEN {inside} THEN 1 ELSE 0 END) AS plays_{w}d,
-    sum(CASE WHEN {inside} THEN played_secs ELSE 0 END) AS secs_{w}d,
-    count(DISTINCT CASE WHEN {inside} THEN day_of_play END) AS active_days_{w}d,
-    avg(CASE WHEN {inside} THEN completed END) AS completion_rate_{w}d,
-    avg(CASE WHEN {inside} THEN skipped END) AS skip_rate_{w}d"
+            "    sum(CASE WHEN {inside} THEN plays ELSE 0 END) AS plays_{w}d,
+    sum(CASE WHEN {inside} THEN secs ELSE 0 END) AS secs_{w}d,
+    count(CASE WHEN {inside} THEN 1 END) AS active_days_{w}d,
+    sum(CASE WHEN {inside} THEN sessions ELSE 0 END) AS sessions_{w}d,
+    CAST(sum(CASE WHEN {inside} THEN completed END) AS DOUBLE) / sum(CASE WHEN {inside} THEN plays END) AS completion_rate_{w}d,
+    CAST(sum(CASE WHEN {inside} THEN skipped END) AS DOUBLE) / sum(CASE WHEN {inside} THEN plays END) AS skip_rate_{w}d"
         ));
     }
     Ok(format!(
-        "-- user activity features at {cutoff}; reads plays with ts < T only
+        "-- user activity features at {cutoff}; reads plays with T - {longest} days <= ts < T
 WITH before_t AS (
     SELECT user_id, ts, played_secs,
-           CAST(ts AS DATE) AS day_of_play,
-           CASE WHEN played_secs >= 0.985 * item_secs THEN 1.0 ELSE 0.0 END AS completed,
-           CASE WHEN played_secs < 0.5 * item_secs THEN 1.0 ELSE 0.0 END AS skipped
+           CAST(floor(to_unixtime(ts) / 86400) AS BIGINT) AS day_number,
+           CASE WHEN played_secs >= 0.985 * item_secs THEN 1 ELSE 0 END AS completed,
+           CASE WHEN played_secs < 0.5 * item_secs THEN 1 ELSE 0 END AS skipped,
+           -- a play opens a session when the user's previous play is over {gap} s before it
+           CASE WHEN to_unixtime(ts) - to_unixtime(lag(ts) OVER (PARTITION BY user_id ORDER BY ts)) <= {gap}
+                THEN 0 ELSE 1 END AS opens_session
     FROM plays
-    WHERE ts < {t}{consent}
+    WHERE ts < {t} AND ts >= {t} - INTERVAL '{longest} days'{consent}
+),
+daily AS (
+    SELECT user_id, day_number,
+           count(*) AS plays, sum(played_secs) AS secs,
+           sum(completed) AS completed, sum(skipped) AS skipped,
+           sum(opens_session) AS sessions, max(ts) AS last_ts
+    FROM before_t
+    GROUP BY user_id, day_number
 )
 SELECT
     user_id,
 {columns},
     -- plays per day in the last 7 days over plays per day in the 21 before
-    (sum(CASE WHEN ts >= {t} - INTERVAL '7 days' THEN 1.0 ELSE 0.0 END) / 7.0)
-      / ((sum(CASE WHEN ts >= {t} - INTERVAL '28 days' AND ts < {t} - INTERVAL '7 days' THEN 1.0 ELSE 0.0 END) + 1.0) / 21.0)
+    (sum(CASE WHEN day_number >= {t_day} - 7 THEN plays ELSE 0 END) / 7.0)
+      / ((sum(CASE WHEN day_number >= {t_day} - 28 AND day_number < {t_day} - 7 THEN plays ELSE 0 END) + 1.0) / 21.0)
       AS trend_7d_vs_21d,
-    CAST(to_unixtime({t}) - to_unixtime(max(ts)) AS DOUBLE) / 86400.0 AS days_since_last_play
-FROM before_t
+    CAST(to_unixtime({t}) - to_unixtime(max(last_ts)) AS DOUBLE) / 86400.0 AS days_since_last_play
+FROM daily
 GROUP BY user_id",
         cutoff = p.cutoff,
         columns = columns.join(",\n"),
         consent = p.consent("user_id"),
+        gap = SESSION_GAP_SECS,
     ))
 }
 
-/// Churn labels (DESIGN.md): for users with a play in the `lookback_days`
-/// before T, `churn_<h>d` is true when they have no play with
-/// `T < ts <= T + h`.
+/// Which optional tables the user feature vector may read (plays and
+/// users are always needed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inputs {
+    /// `interactions` exists: engagement and early warnings.
+    pub interactions: bool,
+    /// `payments` exists: the payment profile and lifecycle.
+    pub payments: bool,
+}
+
+impl Inputs {
+    /// Every table.
+    pub const ALL: Self = Self {
+        interactions: true,
+        payments: true,
+    };
+
+    /// The tables present as folders in a data directory.
+    pub fn in_dir(data: &std::path::Path) -> Self {
+        Self {
+            interactions: data.join("interactions").is_dir(),
+            payments: data.join("payments").is_dir(),
+        }
+    }
+}
+
+/// The full user feature vector at T, one row per user who played in the
+/// longest window: activity, habits, and (when `inputs` has their tables)
+/// engagement with early warnings and the payment profile with lifecycle,
+/// joined on `user_id` (left joins: a user with no interactions or payments
+/// has nulls there).
+pub fn user_features_sql(p: &PlanParams, inputs: Inputs) -> Result<String> {
+    let mut parts = vec![("habits", user_habits_sql(p)?)];
+    if inputs.interactions {
+        parts.push(("engagement", user_engagement_sql(p)?));
+    }
+    if inputs.payments {
+        parts.push(("profile", user_profile_sql(p)?));
+    }
+    let columns: Vec<String> = parts
+        .iter()
+        .map(|(name, _)| format!("{name}.* EXCLUDE (user_id)"))
+        .collect();
+    let joins: Vec<String> = parts
+        .iter()
+        .map(|(name, sql)| format!("LEFT JOIN ({sql}) {name} ON activity.user_id = {name}.user_id"))
+        .collect();
+    Ok(format!(
+        "-- the full user feature vector at {cutoff}
+SELECT activity.*, {columns}
+FROM ({activity}) activity
+{joins}",
+        cutoff = p.cutoff,
+        columns = columns.join(", "),
+        activity = user_activity_sql(p)?,
+        joins = joins.join("\n"),
+    ))
+}
+
+/// Churn labels: for users with a play in the `lookback_days` before T,
+/// `churn_<h>d` is true when (T, T + h] holds a run of at least L whole
+/// days without a play — the user lapsed within h days — where L is
+/// `lapse_days` or the shortest horizon if that is shorter. At the shortest
+/// horizon (when it is <= `lapse_days`) this is DESIGN.md's "no play in
+/// (T, T + h]"; longer horizons also count a lapse that starts after T. One
+/// L for every horizon makes the labels grow with h (churn_7d implies
+/// churn_15d implies churn_30d), as the churn model's monotone heads
+/// assume. Days are UTC days from T.
 pub fn churn_labels_sql(p: &PlanParams) -> Result<String> {
     p.check()?;
     let t = p.t();
+    let t_day = p.t_day();
     let longest = p.horizons.iter().max().copied().unwrap_or(30);
-    let labels: Vec<String> = p
-        .horizons
-        .iter()
-        .map(|h| {
-            format!(
-                "    (f.first_after IS NULL OR f.first_after > {t} + INTERVAL '{h} days') AS churn_{h}d"
-            )
-        })
-        .collect();
+    let need = p.lapse_run();
+    let mut silent = Vec::new();
+    let mut labels = Vec::new();
+    for h in &p.horizons {
+        let inside = format!("day_number < {t_day} + {h}");
+        silent.push(format!(
+            "           greatest(coalesce(max(CASE WHEN {inside} THEN gap_before END), {h}),
+                    {t_day} + {h} - 1 - coalesce(max(CASE WHEN {inside} THEN day_number END), {t_day} - 1)) AS silent_{h}d"
+        ));
+        labels.push(format!(
+            "    coalesce(s.silent_{h}d >= {need}, true) AS churn_{h}d"
+        ));
+    }
     Ok(format!(
         "-- churn labels at {cutoff}; reads plays in the lookback before T and in (T, T + {longest} days]
 WITH active AS (
     SELECT DISTINCT user_id FROM plays
     WHERE ts >= {t} - INTERVAL '{lookback} days' AND ts < {t}{consent}
 ),
-future AS (
-    SELECT user_id, min(ts) AS first_after FROM plays
+future_days AS (
+    SELECT DISTINCT user_id, CAST(floor(to_unixtime(ts) / 86400) AS BIGINT) AS day_number
+    FROM plays
     WHERE ts > {t} AND ts <= {t} + INTERVAL '{longest} days'
+),
+gaps AS (
+    -- whole days without a play before each day with one, counted from T
+    SELECT user_id, day_number,
+           day_number - coalesce(lag(day_number) OVER (PARTITION BY user_id ORDER BY day_number), {t_day} - 1) - 1 AS gap_before
+    FROM future_days
+),
+silences AS (
+    -- the longest run of days without a play inside each horizon
+    SELECT user_id,
+{silent}
+    FROM gaps
     GROUP BY user_id
 )
 SELECT a.user_id,
 {labels}
-FROM active a LEFT JOIN future f ON a.user_id = f.user_id",
+FROM active a LEFT JOIN silences s ON a.user_id = s.user_id",
         cutoff = p.cutoff,
         lookback = p.lookback_days,
+        silent = silent.join(",\n"),
         labels = labels.join(",\n"),
         consent = p.consent("user_id"),
     ))
@@ -266,7 +394,7 @@ FROM listening l
 LEFT JOIN streaks s ON l.user_id = s.user_id
 LEFT JOIN actions a ON l.user_id = a.user_id",
         cutoff = p.cutoff,
-        t_day = (p.cutoff - NaiveDate::default()).num_days(),
+        t_day = p.t_day(),
         consent = p.consent("user_id"),
     ))
 }
@@ -634,7 +762,7 @@ pub fn describe(column: &str) -> Option<String> {
         return Some(text.into());
     }
     if column == "days_since_last_play" {
-        return Some("days from the last play before T to T".into());
+        return Some("days from the last play in the longest window before T to T".into());
     }
     let (stem, days) = column.rsplit_once('_')?;
     let days = days.strip_suffix('d')?;
@@ -642,15 +770,19 @@ pub fn describe(column: &str) -> Option<String> {
         "plays" => format!("plays in the {days} days before T"),
         "secs" => format!("seconds listened in the {days} days before T"),
         "active_days" => format!("days with at least one play in the {days} days before T"),
+        "sessions" => format!(
+            "listening sessions opened in the {days} days before T (a gap over {} minutes opens one)",
+            SESSION_GAP_SECS / 60
+        ),
         "completion_rate" => {
             format!("share of plays in the {days} days before T that reached 98.5% of the song")
         }
         "skip_rate" => {
             format!("share of plays in the {days} days before T stopped before half of the song")
         }
-        "churn" => {
-            format!("label: active in the lookback before T and no play in (T, T + {days} days]")
-        }
+        "churn" => format!(
+            "label: active in the lookback before T, then a lapse (7 days without a play, or the shortest horizon) in (T, T + {days} days]"
+        ),
         _ => return None,
     };
     Some(text)

@@ -348,6 +348,15 @@ impl Worker {
         };
         let output = tch::no_grad(|| self.module.forward_is(&args)).map_err(torch)?;
         let tensors = match output {
+            // One [N, outputs] tensor stands for that many [N] outputs (a
+            // traced module cannot return a tuple).
+            IValue::Tensor(t)
+                if self.signature.outputs > 1
+                    && t.dim() == 2
+                    && t.size()[1] == self.signature.outputs as i64 =>
+            {
+                t.unbind(1)
+            }
             IValue::Tensor(t) => vec![t],
             IValue::Tuple(values) | IValue::GenericList(values) => values
                 .into_iter()

@@ -2,7 +2,10 @@
 //! clients (DESIGN.md, "Wire APIs").
 //!
 //! - `churn`: the module takes `features` FP32 [N, F] and returns one FP32 [N]
-//!   per horizon (`churn_7d`, `churn_15d`, `churn_30d`, ...). Clients send
+//!   per horizon (`churn_7d`, `churn_15d`, `churn_30d`, ...), as a tuple or
+//!   as one [N, H] tensor whose columns are the horizons in manifest order
+//!   (what a traced module, such as Encore's trainer exports, returns; any
+//!   model with several outputs may do this). Clients send
 //!   either `user_id` INT64 [N] (features looked up in the online snapshot) or
 //!   `features`; they get the horizons plus `risk_tier` BYTES [N] (of the
 //!   longest horizon) and `fallback` BOOL [N] (user not in the snapshot:

@@ -484,7 +484,7 @@ impl GrpcInferenceService for KserveService {
                 Some((name, v.model.manifest.version.to_string()))
             })
             .collect();
-        for name in self.store.registry.models()? {
+        for name in self.store.registry.models().map_err(Error::from)? {
             let version = loaded.get(&name).cloned();
             models.push(ModelIndex {
                 state: if version.is_some() {

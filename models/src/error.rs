@@ -25,6 +25,33 @@ pub enum Error {
         /// Row within the batch.
         row: usize,
     },
+    /// A training setting is out of range or unknown.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// There is nothing to train or evaluate on.
+    #[error("empty data: {0}")]
+    EmptyData(String),
+    /// The loss became NaN or infinite.
+    #[error(
+        "training diverged: the loss is NaN or infinite at epoch {epoch}, step {step} (lower lr?)"
+    )]
+    Diverged {
+        /// 1-based epoch.
+        epoch: u32,
+        /// Optimiser steps so far.
+        step: u64,
+    },
+    /// The caller asked training to stop.
+    #[error("cancelled")]
+    Cancelled,
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// libtorch reported an error.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

@@ -1,10 +1,13 @@
 //! Encore's models: moving Arrow record batches into tch (libtorch) tensors,
-//! and (in later work) the churn and recommendation networks, their
-//! training loops, metrics and TorchScript export.
+//! the churn network and its training loop, evaluation metrics, TorchScript
+//! export, and the model registry they are published to.
 //!
 //! This crate knows Arrow and tch only: no DataFusion, no cluster, no gRPC.
 
+pub mod churn;
 pub mod error;
+pub mod metrics;
+pub mod registry;
 pub mod tensor;
 
 pub use error::{Error, Result};

@@ -88,7 +88,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
 
-    let local = LocalCluster::ephemeral(args.concurrent_tasks).await?;
+    let local = LocalCluster::ephemeral(args.concurrent_tasks, None).await?;
     super::standalone::print_addresses(&local);
     let result = run_queries(&local, &args.data).await;
     local.shutdown().await?;

@@ -46,9 +46,17 @@ pub struct Args {
     /// Label horizons in days.
     #[arg(long, value_delimiter = ',', default_value = "7,15,30")]
     pub horizons: Vec<u32>,
+    /// Days without a play that count as churn inside a horizon (capped
+    /// at the shortest horizon).
+    #[arg(long, default_value_t = 7)]
+    pub lapse_days: u32,
     /// Keep users without consent (default: left out; needs users/ otherwise).
     #[arg(long)]
     pub include_unconsented: bool,
+    /// Memory pool of the in-process executor in bytes; operators spill to
+    /// disk beyond it (default: 70% of memory; 0 = unbounded).
+    #[arg(long, env = "ENCORE_EXECUTOR_MEMORY_POOL_SIZE")]
+    pub memory_pool_size: Option<u64>,
 }
 
 /// A fingerprint of the input files (names, sizes, modification times).
@@ -90,13 +98,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         windows: args.windows.clone(),
         horizons: args.horizons.clone(),
         include_unconsented: args.include_unconsented,
+        lapse_days: args.lapse_days,
         ..PlanParams::at(args.cutoff)
     };
     // Check the parameters before starting anything.
     plans::user_activity_sql(&params)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create --out {}", args.out.display()))?;
-    let target = cluster::Target::start(args.scheduler.as_deref(), 0).await?;
+    let target =
+        cluster::Target::start(args.scheduler.as_deref(), 0, args.memory_pool_size).await?;
     let result = compute(&args, &params, &target.url).await;
     target.finish(result).await
 }
@@ -227,6 +237,7 @@ async fn compute(args: &Args, params: &PlanParams, url: &str) -> anyhow::Result<
         "windows_days": params.windows,
         "horizons_days": params.horizons,
         "lookback_days": params.lookback_days,
+        "lapse_days": params.lapse_days,
         "unconsented_users": if params.include_unconsented { "included" } else { "excluded" },
         "input": {"data": args.data.display().to_string(), "version": data_version(&args.data.join("plays"))?},
         "tables": manifest_tables,

@@ -6,6 +6,8 @@ pub mod demo;
 pub mod features;
 pub mod import;
 pub mod ingest;
+pub mod models;
 pub mod segments;
 pub mod sql;
 pub mod standalone;
+pub mod train;

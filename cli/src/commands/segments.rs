@@ -35,7 +35,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             args.data.display()
         );
     }
-    let target = cluster::Target::start(args.scheduler.as_deref(), 0).await?;
+    let target = cluster::Target::start(args.scheduler.as_deref(), 0, None).await?;
     let result = print(&args, &target.url).await;
     target.finish(result).await
 }

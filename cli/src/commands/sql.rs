@@ -35,6 +35,10 @@ pub struct Args {
     /// Task slots of the in-process executor (0: every core).
     #[arg(long, default_value_t = 0)]
     pub concurrent_tasks: usize,
+    /// Memory pool of the in-process executor in bytes; operators spill to
+    /// disk beyond it (default: 70% of memory; 0 = unbounded).
+    #[arg(long, env = "ENCORE_EXECUTOR_MEMORY_POOL_SIZE")]
+    pub memory_pool_size: Option<u64>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -42,7 +46,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         // Fail before any work is done.
         output::OutFormat::from_path(out)?;
     }
-    let target = cluster::Target::start(args.scheduler.as_deref(), args.concurrent_tasks).await?;
+    let target = cluster::Target::start(
+        args.scheduler.as_deref(),
+        args.concurrent_tasks,
+        args.memory_pool_size,
+    )
+    .await?;
     let result = query(&args, &target.url).await;
     target.finish(result).await
 }

@@ -5,6 +5,7 @@ use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, Int64Type};
 use datafusion::prelude::SessionContext;
 use encore_features::datagen::{DataSpec, generate};
+use encore_features::plans::{PlanParams, churn_labels_sql};
 use encore_features::tables::{TableSource, register};
 
 async fn query(ctx: &SessionContext, sql: &str) -> Vec<RecordBatch> {
@@ -42,7 +43,7 @@ async fn churn_skips_taste_and_ground_truth_are_plausible() {
     };
     generate(&spec, dir.path(), |_, _| {}).unwrap();
     let ctx = SessionContext::new();
-    for table in ["plays", "items", "payments", "ground_truth"] {
+    for table in ["users", "plays", "items", "payments", "ground_truth"] {
         register(
             &ctx,
             &TableSource {
@@ -86,16 +87,35 @@ async fn churn_skips_taste_and_ground_truth_are_plausible() {
     .await);
     assert!(top > 0.4, "top-genre share {top}");
 
-    // The DESIGN.md label at the cutoff, per horizon: active in the 30 days
-    // before, no play in (T, T+H]. Its base rate is the monthly churn for H = 30.
-    for (h, column) in [(7, "p_quiet_7d"), (15, "p_quiet_15d"), (30, "p_quiet_30d")] {
-        let sql = format!(
-            "WITH before AS (SELECT DISTINCT user_id FROM plays WHERE ts >= TIMESTAMP '{cutoff}T00:00:00Z' - INTERVAL '30 days' AND ts < TIMESTAMP '{cutoff}T00:00:00Z'),
-                  after AS (SELECT DISTINCT user_id FROM plays WHERE ts >= TIMESTAMP '{cutoff}T00:00:00Z' AND ts < TIMESTAMP '{cutoff}T00:00:00Z' + INTERVAL '{h} days')
-             SELECT t.{column} AS p, CASE WHEN a.user_id IS NULL THEN 1 ELSE 0 END AS y
-             FROM ground_truth t JOIN before b ON t.user_id = b.user_id LEFT JOIN after a ON t.user_id = a.user_id
-             WHERE t.alive"
-        );
+    // Two labels at the cutoff, per horizon, each against the truth column
+    // that is its probability: DESIGN.md's "active in the 30 days before, no
+    // play in (T, T+H]" (p_quiet), and the plans' churn label, a lapse of
+    // 7 days without a play inside H days (p_lapse).
+    let plan_labels = churn_labels_sql(&PlanParams::at(cutoff)).unwrap();
+    let mut lapse_rates = Vec::new();
+    for (h, column) in [
+        (7, "p_quiet_7d"),
+        (15, "p_quiet_15d"),
+        (30, "p_quiet_30d"),
+        (7, "p_lapse_7d"),
+        (15, "p_lapse_15d"),
+        (30, "p_lapse_30d"),
+    ] {
+        let sql = if column.starts_with("p_quiet") {
+            format!(
+                "WITH before AS (SELECT DISTINCT user_id FROM plays WHERE ts >= TIMESTAMP '{cutoff}T00:00:00Z' - INTERVAL '30 days' AND ts < TIMESTAMP '{cutoff}T00:00:00Z'),
+                      after AS (SELECT DISTINCT user_id FROM plays WHERE ts >= TIMESTAMP '{cutoff}T00:00:00Z' AND ts < TIMESTAMP '{cutoff}T00:00:00Z' + INTERVAL '{h} days')
+                 SELECT t.{column} AS p, CASE WHEN a.user_id IS NULL THEN 1 ELSE 0 END AS y
+                 FROM ground_truth t JOIN before b ON t.user_id = b.user_id LEFT JOIN after a ON t.user_id = a.user_id
+                 WHERE t.alive"
+            )
+        } else {
+            format!(
+                "SELECT t.{column} AS p, CASE WHEN l.churn_{h}d THEN 1 ELSE 0 END AS y
+                 FROM ground_truth t JOIN ({plan_labels}) l ON t.user_id = l.user_id
+                 WHERE t.alive"
+            )
+        };
         let batches = query(&ctx, &sql).await;
         let mut p = Vec::new();
         let mut y = Vec::new();
@@ -119,20 +139,27 @@ async fn churn_skips_taste_and_ground_truth_are_plausible() {
         let mean_p = p.iter().sum::<f64>() / p.len() as f64;
         let oracle = auc(&p, &y);
         println!(
-            "H={h}: {} users, churn rate {rate:.3}, mean truth {mean_p:.3}, oracle AUC {oracle:.3}",
+            "{column}: {} users, label rate {rate:.3}, mean truth {mean_p:.3}, oracle AUC {oracle:.3}",
             y.len()
         );
         assert!(
             (mean_p - rate).abs() < 0.06,
-            "H={h}: truth {mean_p} vs realised {rate}"
+            "{column}: truth {mean_p} vs realised {rate}"
         );
         // Few users go fully quiet for 30 days, so the long horizons' AUC is noisy here.
         let floor = if h == 7 { 0.75 } else { 0.6 };
         assert!(
             oracle > floor,
-            "H={h}: the ground truth ranks churners with AUC {oracle}"
+            "{column}: the ground truth ranks churners with AUC {oracle}"
         );
+        if column.starts_with("p_lapse") {
+            lapse_rates.push(rate);
+        }
     }
+    assert!(
+        lapse_rates.windows(2).all(|w| w[0] <= w[1]),
+        "lapse labels grow with the horizon: {lapse_rates:?}"
+    );
 
     // Latent monthly churn among users alive at the cutoff, and the same
     // quantity realised: of the users active in the 30 days before the

@@ -59,19 +59,38 @@ async fn features_and_labels_on_hand_made_plays() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let csv = dir.path().join("plays.csv");
-    // T = 2026-01-31. User 1: 2 plays in the last 7 days (one skipped), one
-    // 20 days before T, then a play 10 days after T. User 2: one play 3 days
-    // before T, nothing after. User 3: only after T (not labelled).
+    // T = 2026-01-31. User 1: 4 plays in the last 7 days (one skipped) in 3
+    // sessions (10:00 and 10:20 are one, 11:00 opens another), one 20 days
+    // before T, then a play 10 days after T. User 2: one play 3 days
+    // before T, nothing after. User 3: only after T (not labelled). Users 5
+    // and 6 play the day before T, then at most 6 days apart (T = day 0):
+    // user 5 on days 3, 9 and 14, so days 15..29 make a lapse inside 30 days
+    // only; user 6 on days 2, 8, 13, 19, 25 and 29 (and at exactly T + 30
+    // days, inside the horizon), never 7 days apart.
     std::fs::write(
         &csv,
         "user_id,item_id,ts,played_secs,item_secs,source,device\n\
          1,1,2026-01-28T10:00:00Z,200,200,search,mobile\n\
          1,2,2026-01-30T10:00:00Z,20,200,search,mobile\n\
+         1,5,2026-01-30T10:20:00Z,200,200,search,mobile\n\
+         1,6,2026-01-30T11:00:00Z,200,200,search,mobile\n\
          1,3,2026-01-11T10:00:00Z,100,200,search,mobile\n\
          1,4,2026-02-10T10:00:00Z,100,200,search,mobile\n\
          2,1,2026-01-28T12:00:00Z,200,200,radio,car\n\
          3,1,2026-02-02T12:00:00Z,200,200,radio,car\n\
-         4,1,2026-01-29T12:00:00Z,200,200,radio,car\n",
+         4,1,2026-01-29T12:00:00Z,200,200,radio,car\n\
+         5,1,2026-01-30T12:00:00Z,200,200,radio,car\n\
+         5,1,2026-02-03T12:00:00Z,200,200,radio,car\n\
+         5,1,2026-02-09T12:00:00Z,200,200,radio,car\n\
+         5,1,2026-02-14T12:00:00Z,200,200,radio,car\n\
+         6,1,2026-01-30T12:00:00Z,200,200,radio,car\n\
+         6,1,2026-02-02T12:00:00Z,200,200,radio,car\n\
+         6,1,2026-02-08T12:00:00Z,200,200,radio,car\n\
+         6,1,2026-02-13T12:00:00Z,200,200,radio,car\n\
+         6,1,2026-02-19T12:00:00Z,200,200,radio,car\n\
+         6,1,2026-02-25T12:00:00Z,200,200,radio,car\n\
+         6,1,2026-03-01T23:00:00Z,200,200,radio,car\n\
+         6,1,2026-03-02T00:00:00Z,200,200,radio,car\n",
     )
     .unwrap();
     ingest("plays", &csv, &data).await.unwrap();
@@ -79,22 +98,27 @@ async fn features_and_labels_on_hand_made_plays() {
     let users = dir.path().join("users.csv");
     std::fs::write(
         &users,
-        "user_id,registered_at,consent\n1,2025-01-01T00:00:00Z,true\n2,2025-01-01T00:00:00Z,true\n3,2025-01-01T00:00:00Z,true\n4,2025-01-01T00:00:00Z,false\n",
+        "user_id,registered_at,consent\n1,2025-01-01T00:00:00Z,true\n2,2025-01-01T00:00:00Z,true\n3,2025-01-01T00:00:00Z,true\n4,2025-01-01T00:00:00Z,false\n5,2025-01-01T00:00:00Z,true\n6,2025-01-01T00:00:00Z,true\n",
     )
     .unwrap();
     ingest("users", &users, &data).await.unwrap();
     let p = PlanParams::at(NaiveDate::from_ymd_opt(2026, 1, 31).unwrap());
     let features = cells(&table(&data.join("plays"), &p, false).await);
     let num = |user: &str, name: &str| -> f64 { features[user][name].parse().unwrap() };
-    assert_eq!(num("1", "plays_7d"), 2.0);
-    assert_eq!(num("1", "plays_30d"), 3.0);
-    assert_eq!(num("1", "secs_7d"), 220.0);
+    assert_eq!(num("1", "plays_7d"), 4.0);
+    assert_eq!(num("1", "plays_30d"), 5.0);
+    assert_eq!(num("1", "secs_7d"), 620.0);
     assert_eq!(num("1", "active_days_7d"), 2.0);
-    assert_eq!(num("1", "completion_rate_7d"), 0.5);
-    assert_eq!(num("1", "skip_rate_7d"), 0.5);
-    assert!((num("1", "days_since_last_play") - 14.0 / 24.0).abs() < 1e-9);
-    // (2 plays / 7 days) / ((1 play + 1) / 21 days) = 3
-    assert!((num("1", "trend_7d_vs_21d") - 3.0).abs() < 1e-9);
+    assert_eq!(num("1", "active_days_30d"), 3.0);
+    assert_eq!(num("1", "sessions_7d"), 3.0);
+    assert_eq!(num("1", "sessions_30d"), 4.0);
+    assert_eq!(num("1", "completion_rate_7d"), 0.75);
+    assert_eq!(num("1", "skip_rate_7d"), 0.25);
+    assert_eq!(num("1", "completion_rate_30d"), 0.6);
+    assert!((num("1", "days_since_last_play") - 13.0 / 24.0).abs() < 1e-9);
+    // (4 plays / 7 days) / ((1 play + 1) / 21 days) = 6
+    assert!((num("1", "trend_7d_vs_21d") - 6.0).abs() < 1e-9);
+    assert_eq!(num("2", "sessions_90d"), 1.0);
     assert_eq!(num("2", "plays_90d"), 1.0);
     assert!(!features.contains_key("3"), "user 3 has no play before T");
     assert!(!features.contains_key("4"), "user 4 did not consent");
@@ -105,11 +129,15 @@ async fn features_and_labels_on_hand_made_plays() {
     assert!(cells(&table(&data.join("plays"), &everyone, false).await).contains_key("4"));
 
     let labels = cells(&table(&data.join("plays"), &p, true).await);
-    // User 1 plays again 10 days after T: churned at 7 days, not at 15 or 30.
+    // A lapse is 7 days without a play inside the horizon (the whole
+    // horizon for 7 days). User 1 plays again 10 days after T: the 10 silent
+    // days are a lapse at every horizon.
     let flags =
         |user: &str| ["churn_7d", "churn_15d", "churn_30d"].map(|h| labels[user][h].clone());
-    assert_eq!(flags("1"), ["true", "false", "false"]);
+    assert_eq!(flags("1"), ["true", "true", "true"]);
     assert_eq!(flags("2"), ["true", "true", "true"]);
+    assert_eq!(flags("5"), ["false", "false", "true"]);
+    assert_eq!(flags("6"), ["false", "false", "false"]);
     assert!(!labels.contains_key("3"));
     assert!(!labels.contains_key("4"), "user 4 did not consent");
 }

@@ -169,7 +169,15 @@ fn bad_input_gives_one_clear_error_line() {
 
 #[test]
 fn every_command_has_help_with_an_example() {
-    for cmd in ["sql", "standalone", "demo", "datagen"] {
+    for cmd in [
+        "sql",
+        "standalone",
+        "demo",
+        "datagen",
+        "features",
+        "train",
+        "models",
+    ] {
         let (code, out, err) = encore(&[cmd, "--help"]).unwrap();
         assert_eq!(code, 0, "{cmd}: {err}");
         assert!(

@@ -6,6 +6,7 @@ mod executor_loss;
 mod metrics;
 mod plans;
 mod shuffle;
+mod training;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

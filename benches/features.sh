@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# The full user feature plan (plans::user_features_sql: activity, engagement,
+# habits and profile joined per user) over generated data, one run on one
+# machine, four ways on the same Parquet files:
+#   Encore standalone (`encore sql --standalone`: in-process scheduler + executor)
+#   Encore on a cluster: scheduler + 1 executor (2 slots), scheduler + 2 executors (1 slot each)
+#   DuckDB (the Python package, benches/peers/duckdb_features.py), same SQL text
+# Each engine runs alone; outputs are checked to agree row by row.
+#
+#   benches/features.sh [--users 130000] [--days 90]
+#
+# Data is generated once into target/bench-data/ (kept between runs).
+# Writes benches/results/features-<timestamp>.jsonl and prints a summary.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/env.sh
+scripts/setup.sh >/dev/null
+pip install --quiet --disable-pip-version-check -r benches/peers/requirements.txt
+
+USERS=130000 DAYS=90 START=2026-01-01
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --users) USERS=$2; shift 2 ;;
+        --days) DAYS=$2; shift 2 ;;
+        *) echo "unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+CUTOFF=$(date -u -d "$START + $DAYS days" +%F)
+
+echo "bench: building release binaries" >&2
+cargo build --release --locked -p encore-cli -p encore-scheduler -p encore-executor -p encore-benches --bins >&2
+TARGET=${CARGO_TARGET_DIR:-target}
+BIN=$TARGET/release
+DATA=$TARGET/bench-data/features-u$USERS-d$DAYS
+if [ ! -f "$DATA/.complete" ]; then
+    echo "bench: generating $USERS users x $DAYS days into $DATA" >&2
+    rm -rf "$DATA"
+    "$BIN/encore" datagen --users "$USERS" --days "$DAYS" --start "$START" --out "$DATA" >&2
+    touch "$DATA/.complete"
+fi
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+"$BIN/plan-sql" --cutoff "$CUTOFF" user_features >"$WORK/plan.sql"
+TABLES=()
+for t in plays users interactions payments; do TABLES+=(--table "$t=$DATA/$t"); done
+PLAYS=$("$BIN/encore" sql "${TABLES[@]}" "SELECT count(*) AS n FROM plays" | grep -Eo '[0-9]{4,}' | head -1)
+echo "bench: $PLAYS plays, cutoff $CUTOFF" >&2
+# Same start for everyone: the files in the page cache.
+cat "$DATA"/*/*.parquet "$DATA"/plays/*/*.parquet >/dev/null
+
+mkdir -p benches/results
+OUT=benches/results/features-$(date -u +%Y%m%dT%H%M%SZ).jsonl
+echo "{\"machine\": \"$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GB", $2/1048576}' /proc/meminfo)\", \"users\": $USERS, \"days\": $DAYS, \"plays\": $PLAYS, \"cutoff\": \"$CUTOFF\", \"git\": \"$(git rev-parse --short HEAD)\"}" >"$OUT"
+MEASURE="python benches/peers/measure.py"
+
+echo "bench: encore standalone" >&2
+$MEASURE encore-standalone -- "$BIN/encore" sql --standalone "${TABLES[@]}" \
+    --out "$WORK/standalone.parquet" "$(cat "$WORK/plan.sql")" | tee -a "$OUT"
+
+# cluster N SLOTS: scheduler + N executors with SLOTS task slots each.
+cluster() {
+    local n=$1 slots=$2 log pids=""
+    log=$WORK/scheduler-$n.log
+    "$BIN/encore-scheduler" --bind-host 127.0.0.1 --bind-port 0 >"$log" 2>/dev/null &
+    local scheduler=$!
+    PIDS+=("$scheduler"); pids=$scheduler
+    for _ in $(seq 1 300); do [ -s "$log" ] && break; sleep 0.1; done
+    local addr
+    addr=$(head -1 "$log" | grep -Eo '[0-9.]+:[0-9]+$')
+    for i in $(seq 1 "$n"); do
+        "$BIN/encore-executor" --scheduler-host 127.0.0.1 --scheduler-port "${addr##*:}" \
+            --bind-port 0 --bind-grpc-port 0 --bind-health-port 0 --concurrent-tasks "$slots" \
+            >"$WORK/executor-$n-$i.log" 2>/dev/null &
+        PIDS+=($!); pids=$pids,$!
+    done
+    for _ in $(seq 1 300); do
+        [ "$(curl -s "http://$addr/api/executors" | grep -o '"id"' | wc -l)" -ge "$n" ] && break
+        sleep 0.1
+    done
+    echo "bench: encore cluster, $n executor(s) x $slots slot(s)" >&2
+    $MEASURE "encore-cluster-${n}x${slots}" --pids "$pids" -- "$BIN/encore" sql --scheduler "df://$addr" \
+        "${TABLES[@]}" --out "$WORK/cluster-$n.parquet" "$(cat "$WORK/plan.sql")" | tee -a "$OUT"
+    kill ${pids//,/ } 2>/dev/null || true
+    wait 2>/dev/null || true
+}
+cluster 1 2
+cluster 2 1
+
+echo "bench: duckdb" >&2
+$MEASURE duckdb-process -- python benches/peers/duckdb_features.py --data "$DATA" --sql "$WORK/plan.sql" \
+    --out "$WORK/duckdb.parquet" --threads "$(nproc)" --check "$WORK/standalone.parquet" \
+    --result "$WORK/duckdb.json" | tee -a "$OUT"
+cat "$WORK/duckdb.json" >>"$OUT"
+for n in 1 2; do
+    python - "$WORK/standalone.parquet" "$WORK/cluster-$n.parquet" <<'PY'
+import sys
+sys.path.insert(0, "benches/peers")
+from duckdb_features import same_tables
+diff = same_tables(sys.argv[1], sys.argv[2], "user_id")
+sys.exit(f"standalone and cluster disagree: {diff}" if diff else 0)
+PY
+done
+
+python - "$OUT" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+head, runs = rows[0], {r["run"]: r for r in rows[1:] if "run" in r}
+duck = runs["duckdb-process"]
+print(f"\nfull user feature plan: {head['plays']:,} plays, {head['users']:,} users, cutoff {head['cutoff']}, {head['machine']}")
+print(f"{'engine':<28}{'wall s':>9}{'peak MB':>10}{'x duckdb':>10}")
+for name, r in runs.items():
+    print(f"{name:<28}{r['seconds']:>9.1f}{r['total_peak_rss_mb']:>10}{r['seconds'] / duck['seconds']:>10.2f}")
+PY
+echo "results: $OUT" >&2

@@ -1,0 +1,118 @@
+//! The training worker's pipelines: from canonical tables to a registered
+//! model version. Each pipeline computes its features with the features
+//! crate's plans on whatever `SessionContext` it is given (the Ballista
+//! cluster, or in process), streams the Arrow batches into tensors, trains
+//! with the models crate, evaluates on held-out rows, exports TorchScript,
+//! writes the manifest and the online snapshot, and publishes the version.
+
+pub mod churn;
+mod frame;
+
+use std::path::Path;
+
+use datafusion::prelude::SessionContext;
+use encore_features::tables::{self, TableSource};
+
+pub use churn::{ChurnJob, train_churn};
+
+/// Errors of a training pipeline, each naming what was wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The job's settings are unusable.
+    #[error("{0}")]
+    InvalidJob(String),
+    /// The data gave nothing to train on.
+    #[error("{0}")]
+    EmptyData(String),
+    /// A query failed.
+    #[error("query: {0}")]
+    Query(#[from] datafusion::error::DataFusionError),
+    /// Converting a column failed.
+    #[error("arrow: {0}")]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+    /// A plan could not be written.
+    #[error("{0}")]
+    Plan(#[from] encore_features::Error),
+    /// Training, evaluation or export failed.
+    #[error("{0}")]
+    Model(#[from] encore_models::Error),
+    /// The registry refused the version or alias.
+    #[error("registry: {0}")]
+    Registry(#[from] encore_models::registry::RegistryError),
+    /// Writing an artifact failed.
+    #[error("{path}: {reason}")]
+    Artifact {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The job was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// What a pipeline reports while it runs; returning false from the
+/// callback cancels the job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress {
+    /// A step started (`computing features`, `training`, `exporting`, ...).
+    Stage(String),
+    /// An epoch finished.
+    Epoch(encore_models::churn::EpochReport),
+}
+
+/// When a new version takes the `production` alias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Promotion {
+    /// Never automatically.
+    Never,
+    /// When its validation metric beats production's (or there is none).
+    #[default]
+    IfBetter,
+    /// Always.
+    Always,
+}
+
+impl std::str::FromStr for Promotion {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "never" => Ok(Self::Never),
+            "if-better" => Ok(Self::IfBetter),
+            "always" => Ok(Self::Always),
+            _ => Err(format!(
+                "promotion '{s}': expected never, if-better or always"
+            )),
+        }
+    }
+}
+
+/// Registers every canonical table found under `data` on `ctx` (replacing
+/// tables of those names); plays and users must be there.
+pub async fn register_tables(ctx: &SessionContext, data: &Path) -> Result<(), TrainError> {
+    for required in ["plays", "users"] {
+        if !data.join(required).is_dir() {
+            return Err(TrainError::InvalidJob(format!(
+                "data {}: no {required}/ table",
+                data.display()
+            )));
+        }
+    }
+    for name in ["plays", "users", "items", "interactions", "payments"] {
+        let path = data.join(name);
+        // A session may serve several jobs: each one reads its own data.
+        ctx.deregister_table(name)?;
+        if path.is_dir() {
+            tables::register(
+                ctx,
+                &TableSource {
+                    name: name.into(),
+                    path,
+                },
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}

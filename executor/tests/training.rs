@@ -1,0 +1,267 @@
+//! The churn pipeline end to end on generated data: features and labels
+//! from the plans, training, held-out metrics, TorchScript + manifest +
+//! snapshot in the registry, promotion, and the model server scoring the
+//! registered version; plus the ways a job must fail.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use chrono::NaiveDate;
+use datafusion::prelude::SessionContext;
+use encore_executor::training::{ChurnJob, Progress, Promotion, TrainError, train_churn};
+use encore_features::datagen::{DataSpec, generate};
+use encore_models::churn::ChurnConfig;
+use encore_models::registry::Registry;
+use encore_proto::encore::v1::ScoreChurnRequest;
+use encore_proto::encore::v1::scoring_client::ScoringClient;
+
+/// 3,000 users over 75 days, generated once for every test here.
+fn data() -> &'static Path {
+    static DATA: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &DATA
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let spec = DataSpec {
+                users: 3_000,
+                items: 2_000,
+                days: 75,
+                seed: 5,
+                ..Default::default()
+            };
+            generate(&spec, dir.path(), |_, _| {}).unwrap();
+            let path = dir.path().to_path_buf();
+            (dir, path)
+        })
+        .1
+}
+
+const CUTOFF: (i32, u32, u32) = (2026, 2, 15);
+
+fn job(registry: &Path) -> ChurnJob {
+    ChurnJob {
+        job_id: "test-job".into(),
+        data: data().to_path_buf(),
+        cutoff: NaiveDate::from_ymd_opt(CUTOFF.0, CUTOFF.1, CUTOFF.2).unwrap(),
+        registry: registry.to_path_buf(),
+        model_name: "churn".into(),
+        horizons: vec![7, 15, 30],
+        config: ChurnConfig {
+            epochs: 12,
+            ..Default::default()
+        },
+        promotion: Promotion::IfBetter,
+        device: tch::Device::Cpu,
+    }
+}
+
+fn python() -> PathBuf {
+    let venv = std::env::var_os("ENCORE_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv"));
+    venv.join("bin/python")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_job_trains_registers_and_serves() {
+    let registry = tempfile::tempdir().unwrap();
+    let mut stages = Vec::new();
+    let mut epochs = Vec::new();
+    let trained = train_churn(&SessionContext::new(), &job(registry.path()), &mut |p| {
+        match p {
+            Progress::Stage(s) => stages.push(s),
+            Progress::Epoch(r) => epochs.push(r),
+        }
+        true
+    })
+    .await
+    .unwrap();
+    assert_eq!((trained.version, trained.promoted), (1, true));
+    assert!(trained.rows > 1_000, "{} labelled users", trained.rows);
+    assert_eq!(
+        stages,
+        [
+            "computing features and labels",
+            "training",
+            "evaluating",
+            "exporting"
+        ]
+    );
+    assert!(!epochs.is_empty() && epochs.len() <= 12);
+    assert!(
+        epochs
+            .iter()
+            .all(|r| r.loss.is_finite() && r.samples_per_second > 0.0)
+    );
+    assert!(
+        epochs.last().unwrap().loss < epochs[0].loss,
+        "training loss falls: {epochs:?}"
+    );
+    // Held-out metrics: the 30-day label is predictable from behaviour.
+    let m = &trained.metrics;
+    println!("metrics: {m:?}");
+    for h in [7, 15, 30] {
+        let auc = m[&format!("auc_{h}d")];
+        assert!(auc > 0.6 && auc <= 1.0, "auc_{h}d = {auc}");
+        assert!(m[&format!("ece_{h}d")] < 0.15, "ece_{h}d");
+        assert!(m[&format!("log_loss_{h}d")] < 0.7);
+    }
+
+    // The registry: manifest with features, standardisation, prior, metrics.
+    let reg = Registry::new(registry.path());
+    assert_eq!(reg.resolve("churn", "production").unwrap(), 1);
+    let manifest = reg.manifest("churn", 1).unwrap();
+    assert_eq!(manifest.kind, "churn");
+    let outputs: Vec<&str> = manifest.outputs.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(outputs, ["churn_7d", "churn_15d", "churn_30d"]);
+    assert_eq!(manifest.inputs[0].shape[1], manifest.features.len() as i64);
+    let names: Vec<&str> = manifest.features.iter().map(|f| f.name()).collect();
+    assert!(
+        names.contains(&"plays_30d") && names.contains(&"lifecycle_code"),
+        "{names:?}"
+    );
+    let plays = serde_json::to_value(
+        &manifest.features[names.iter().position(|n| *n == "plays_30d").unwrap()],
+    )
+    .unwrap();
+    assert!(plays["std"].as_f64().unwrap() > 0.0, "{plays}");
+    assert!(manifest.prior["churn_7d"] <= manifest.prior["churn_30d"]);
+    assert_eq!(manifest.extra["training_job_id"], "test-job");
+    assert!(manifest.extra["metrics"]["auc_30d"].as_f64().is_some());
+
+    // Python opens the TorchScript with torch.jit.load and gets monotone heads.
+    let model = reg.version_dir("churn", 1).join("model.pt");
+    let out = std::process::Command::new(python())
+        .args([
+            "-c",
+            "import sys, torch; m = torch.jit.load(sys.argv[1]); x = torch.randn(64, int(sys.argv[2])); p7, p15, p30 = m(x).unbind(1); \
+             assert bool((p7 <= p15 + 1e-6).all() and (p15 <= p30 + 1e-6).all()); print(p30.shape[0])",
+            model.to_str().unwrap(),
+            &names.len().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "64");
+
+    // The model server loads the version with its snapshot and scores users.
+    let snapshot = reg.version_dir("churn", 1).join("online/users.parquet");
+    let user = first_user(&snapshot);
+    let server = encore_model_server::start_model_server(encore_model_server::ModelServerConfig {
+        registry: registry.path().to_path_buf(),
+        bind_port: 0,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut client = ScoringClient::connect(format!("http://{}", server.addr()))
+        .await
+        .unwrap();
+    let response = client
+        .score_churn(ScoreChurnRequest {
+            user_ids: vec![user, -5],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.model_version, 1);
+    let (known, unknown) = (&response.scores[0], &response.scores[1]);
+    assert!(!known.fallback && unknown.fallback);
+    assert!(known.p7 <= known.p15 && known.p15 <= known.p30);
+    let segment = known.segment.as_ref().expect("a segment from the snapshot");
+    assert!(
+        ["new", "growing", "core"].contains(&segment.lifecycle.as_str()),
+        "{known:?}"
+    );
+
+    // A second version that is not promoted leaves production alone.
+    let mut second = job(registry.path());
+    second.promotion = Promotion::Never;
+    second.config.epochs = 2;
+    let t2 = train_churn(&SessionContext::new(), &second, &mut |_| true)
+        .await
+        .unwrap();
+    assert_eq!((t2.version, t2.promoted), (2, false));
+    assert_eq!(reg.resolve("churn", "production").unwrap(), 1);
+}
+
+fn first_user(snapshot: &Path) -> i64 {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::Int64Type;
+    let file = std::fs::File::open(snapshot).unwrap();
+    let mut reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let batch = reader.next().unwrap().unwrap();
+    batch
+        .column_by_name("user_id")
+        .unwrap()
+        .as_primitive::<Int64Type>()
+        .value(0)
+}
+
+#[tokio::test]
+async fn bad_jobs_fail_with_a_reason() {
+    let registry = tempfile::tempdir().unwrap();
+    let ctx = SessionContext::new();
+    let fail = |j: ChurnJob| {
+        let ctx = ctx.clone();
+        async move {
+            train_churn(&ctx, &j, &mut |_| true)
+                .await
+                .map(|t| t.version)
+                .unwrap_err()
+        }
+    };
+    // A cutoff whose 30-day labels run past the end of the data.
+    let mut late = job(registry.path());
+    late.cutoff = NaiveDate::from_ymd_opt(2026, 3, 10).unwrap();
+    let e = fail(late).await;
+    assert!(e.to_string().contains("up to 2026-04-09"), "{e}");
+    // A cutoff before any play: nothing to learn from.
+    let mut early = job(registry.path());
+    early.cutoff = NaiveDate::from_ymd_opt(2025, 6, 1).unwrap();
+    let e = fail(early).await;
+    assert!(e.to_string().contains("plays run from"), "{e}");
+    // Invalid settings.
+    let mut horizons = job(registry.path());
+    horizons.horizons = vec![30, 7];
+    assert!(fail(horizons).await.to_string().contains("ascending"));
+    let mut lr = job(registry.path());
+    lr.config.lr = -1.0;
+    assert!(fail(lr).await.to_string().contains("lr = -1"));
+    let mut name = job(registry.path());
+    name.model_name = "../etc".into();
+    assert!(fail(name).await.to_string().contains("invalid model name"));
+    // A missing table.
+    let mut nowhere = job(registry.path());
+    nowhere.data = registry.path().join("nothing");
+    assert!(fail(nowhere).await.to_string().contains("no plays/ table"));
+    // Cancelling at the first epoch stops the job, and nothing is published.
+    let e = train_churn(&ctx, &job(registry.path()), &mut |p| {
+        !matches!(p, Progress::Epoch(_))
+    })
+    .await
+    .unwrap_err();
+    assert!(matches!(e, TrainError::Cancelled), "{e}");
+    assert!(
+        Registry::new(registry.path())
+            .versions("churn")
+            .unwrap_or_default()
+            .is_empty()
+    );
+    // Unknown hyperparameters are rejected by name.
+    let e = ChurnConfig::default()
+        .set("learning_rate", "0.1")
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("unknown churn hyperparameter 'learning_rate'")
+    );
+    assert!(ChurnConfig::default().set("epochs", "ten").is_err());
+}

@@ -1,0 +1,762 @@
+//! The churn model: a wide & deep network with one output per horizon.
+//!
+//! - Numeric features are standardised with a mean and standard deviation
+//!   fitted on the training rows (stored in the module and the manifest).
+//! - The wide part is a logistic layer over the standardised features plus
+//!   one learned weight per combination of each pair of categorical fields
+//!   (crossed features, e.g. lifecycle × value tier).
+//! - The deep part is an MLP over the standardised features and an
+//!   embedding of each categorical field.
+//! - Heads stay consistent across horizons: the first horizon's logit is
+//!   free, each longer one adds a softplus (>= 0), so p7 <= p15 <= p30.
+//!
+//! The exported TorchScript takes one FP32 `[N, F + C]` tensor (numeric
+//! features, then the categorical codes as floats) and returns one
+//! `[N, H]` tensor of probabilities, a column per horizon (a traced module
+//! cannot return a tuple; the model server splits the columns into the
+//! `churn_<h>d` outputs of its `churn` contract).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module, OptimizerConfig};
+use tch::{Device, Kind, Reduction, Tensor};
+
+use crate::error::{Error, Result};
+use crate::metrics;
+
+/// Training settings; every field has a default and can be overridden by
+/// name (`set`), as jobs' hyperparameter maps do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChurnConfig {
+    /// Widths of the deep part's hidden layers.
+    pub hidden: Vec<i64>,
+    /// Embedding width of each categorical field.
+    pub embedding_dim: i64,
+    /// Most passes over the training rows.
+    pub epochs: u32,
+    /// Rows per optimiser step.
+    pub batch_size: i64,
+    /// Adam learning rate.
+    pub lr: f64,
+    /// L2 penalty (AdamW decoupled weight decay).
+    pub weight_decay: f64,
+    /// Dropout between hidden layers while training.
+    pub dropout: f64,
+    /// Stop after this many epochs without a better validation loss.
+    pub patience: u32,
+    /// Seed of the weight initialisation and the shuffles.
+    pub seed: i64,
+}
+
+impl Default for ChurnConfig {
+    fn default() -> Self {
+        Self {
+            hidden: vec![128, 64],
+            embedding_dim: 8,
+            epochs: 30,
+            batch_size: 512,
+            lr: 2e-3,
+            weight_decay: 1e-4,
+            dropout: 0.1,
+            patience: 4,
+            seed: 7,
+        }
+    }
+}
+
+impl ChurnConfig {
+    /// Sets one field from its string form (`epochs` = `"10"`, `hidden` =
+    /// `"128,64"`); unknown names and unparsable values are errors.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        let bad = |e: &dyn std::fmt::Display| {
+            Error::InvalidConfig(format!("hyperparameter {key} = '{value}': {e}"))
+        };
+        match key {
+            "hidden" => {
+                self.hidden = value
+                    .split(',')
+                    .map(|v| v.trim().parse::<i64>())
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(|e| bad(&e))?
+            }
+            "embedding_dim" => self.embedding_dim = value.parse().map_err(|e| bad(&e))?,
+            "epochs" => self.epochs = value.parse().map_err(|e| bad(&e))?,
+            "batch_size" => self.batch_size = value.parse().map_err(|e| bad(&e))?,
+            "lr" => self.lr = value.parse().map_err(|e| bad(&e))?,
+            "weight_decay" => self.weight_decay = value.parse().map_err(|e| bad(&e))?,
+            "dropout" => self.dropout = value.parse().map_err(|e| bad(&e))?,
+            "patience" => self.patience = value.parse().map_err(|e| bad(&e))?,
+            "seed" => self.seed = value.parse().map_err(|e| bad(&e))?,
+            _ => {
+                return Err(Error::InvalidConfig(format!(
+                    "unknown churn hyperparameter '{key}' (known: hidden, embedding_dim, epochs, batch_size, lr, weight_decay, dropout, patience, seed)"
+                )));
+            }
+        }
+        self.validate()
+    }
+
+    /// Checks every field's range.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |m: String| Err(Error::InvalidConfig(m));
+        if self.hidden.is_empty() || self.hidden.iter().any(|&h| !(1..=8192).contains(&h)) {
+            return fail(format!(
+                "hidden = {:?}: one or more layer widths in 1..=8192",
+                self.hidden
+            ));
+        }
+        if !(1..=1024).contains(&self.embedding_dim) {
+            return fail(format!(
+                "embedding_dim = {}: must be 1..=1024",
+                self.embedding_dim
+            ));
+        }
+        if !(1..=10_000).contains(&self.epochs) {
+            return fail(format!("epochs = {}: must be 1..=10000", self.epochs));
+        }
+        if !(1..=1 << 20).contains(&self.batch_size) {
+            return fail(format!(
+                "batch_size = {}: must be 1..=1048576",
+                self.batch_size
+            ));
+        }
+        if !(self.lr > 0.0 && self.lr <= 10.0) {
+            return fail(format!("lr = {}: must be in (0, 10]", self.lr));
+        }
+        if !(0.0..=1.0).contains(&self.weight_decay) {
+            return fail(format!(
+                "weight_decay = {}: must be in [0, 1]",
+                self.weight_decay
+            ));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return fail(format!("dropout = {}: must be in [0, 1)", self.dropout));
+        }
+        Ok(())
+    }
+}
+
+/// Training or evaluation rows, on the CPU.
+#[derive(Debug)]
+pub struct ChurnData {
+    /// `[N, F]` f32 numeric features (no NaN).
+    pub numeric: Tensor,
+    /// `[N, C]` i64 categorical codes, each in `0..cardinality`.
+    pub categorical: Tensor,
+    /// `[N, H]` f32 labels in {0, 1}, one column per horizon (shortest first).
+    pub labels: Tensor,
+}
+
+impl ChurnData {
+    /// Rows.
+    pub fn len(&self) -> i64 {
+        self.numeric.size()[0]
+    }
+
+    /// True without rows.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn rows(&self, index: &Tensor) -> Self {
+        Self {
+            numeric: self.numeric.index_select(0, index),
+            categorical: self.categorical.index_select(0, index),
+            labels: self.labels.index_select(0, index),
+        }
+    }
+
+    /// Splits off a random `fraction` of the rows (seeded) for validation.
+    pub fn split(&self, fraction: f64, seed: i64) -> (Self, Self) {
+        tch::manual_seed(seed);
+        let n = self.len();
+        let perm = Tensor::randperm(n, (Kind::Int64, Device::Cpu));
+        let held = ((n as f64) * fraction).round() as i64;
+        (
+            self.rows(&perm.narrow(0, held, n - held)),
+            self.rows(&perm.narrow(0, 0, held)),
+        )
+    }
+}
+
+/// The shape of the inputs: numeric feature names, categorical fields with
+/// their cardinalities, and the horizons in days.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChurnSchema {
+    /// Numeric feature names, in column order.
+    pub numeric: Vec<String>,
+    /// Categorical fields as (name, cardinality), after the numeric columns.
+    pub categorical: Vec<(String, i64)>,
+    /// Horizons in days, shortest first.
+    pub horizons: Vec<u32>,
+}
+
+/// Progress after each epoch; the callback returns false to stop (cancel).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EpochReport {
+    /// 1-based epoch.
+    pub epoch: u32,
+    /// The configured most epochs.
+    pub total_epochs: u32,
+    /// Optimiser steps so far.
+    pub step: u64,
+    /// Mean training loss of the epoch.
+    pub loss: f64,
+    /// Validation loss after the epoch.
+    pub validation_loss: f64,
+    /// Training rows per second in the epoch.
+    pub samples_per_second: f64,
+}
+
+/// Metrics of one horizon on held-out rows.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct HorizonMetrics {
+    /// The horizon in days.
+    pub horizon: u32,
+    /// ROC AUC.
+    pub auc: f64,
+    /// Mean log loss.
+    pub log_loss: f64,
+    /// Expected calibration error (10 bins).
+    pub ece: f64,
+    /// Share of positive labels.
+    pub positive_rate: f64,
+}
+
+/// The network.
+struct Net {
+    mean: Tensor,
+    std: Tensor,
+    wide: nn::Linear,
+    crosses: Vec<(usize, usize, i64, nn::Embedding)>,
+    embeddings: Vec<nn::Embedding>,
+    cardinalities: Vec<i64>,
+    hidden: Vec<nn::Linear>,
+    out: nn::Linear,
+    dropout: f64,
+    numeric: i64,
+}
+
+impl Net {
+    fn new(
+        vs: &nn::Path,
+        schema: &ChurnSchema,
+        cfg: &ChurnConfig,
+        mean: Tensor,
+        std: Tensor,
+    ) -> Self {
+        let f = schema.numeric.len() as i64;
+        let cardinalities: Vec<i64> = schema
+            .categorical
+            .iter()
+            .map(|(_, c)| (*c).max(1))
+            .collect();
+        let embedding = |name: String, n: i64, dim: i64, init: nn::Init| {
+            nn::embedding(
+                vs / name,
+                n,
+                dim,
+                nn::EmbeddingConfig {
+                    ws_init: init,
+                    ..Default::default()
+                },
+            )
+        };
+        let mut crosses = Vec::new();
+        for i in 0..cardinalities.len() {
+            for j in i + 1..cardinalities.len() {
+                crosses.push((
+                    i,
+                    j,
+                    cardinalities[j],
+                    embedding(
+                        format!("cross_{i}_{j}"),
+                        cardinalities[i] * cardinalities[j],
+                        1,
+                        nn::Init::Const(0.0),
+                    ),
+                ));
+            }
+        }
+        let embeddings = cardinalities
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| {
+                embedding(
+                    format!("embedding_{i}"),
+                    c,
+                    cfg.embedding_dim,
+                    nn::Init::Randn {
+                        mean: 0.0,
+                        stdev: 0.1,
+                    },
+                )
+            })
+            .collect();
+        let mut width = f + cfg.embedding_dim * cardinalities.len() as i64;
+        let mut hidden = Vec::new();
+        for (k, &h) in cfg.hidden.iter().enumerate() {
+            hidden.push(nn::linear(
+                vs / format!("hidden_{k}"),
+                width,
+                h,
+                Default::default(),
+            ));
+            width = h;
+        }
+        Self {
+            mean: mean.set_requires_grad(false),
+            std: std.set_requires_grad(false),
+            wide: nn::linear(vs / "wide", f.max(1), 1, Default::default()),
+            crosses,
+            embeddings,
+            cardinalities,
+            hidden,
+            out: nn::linear(
+                vs / "out",
+                width,
+                schema.horizons.len() as i64,
+                Default::default(),
+            ),
+            dropout: cfg.dropout,
+            numeric: f,
+        }
+    }
+
+    /// Cumulative logits `[N, H]` (monotone in the horizon).
+    fn logits(&self, numeric: &Tensor, categorical: &Tensor, train: bool) -> Tensor {
+        let z = (numeric - &self.mean) / &self.std;
+        let mut deep_in = vec![z.shallow_clone()];
+        let mut wide = if self.numeric > 0 {
+            self.wide.forward(&z)
+        } else {
+            Tensor::zeros([numeric.size()[0], 1], (Kind::Float, numeric.device()))
+        };
+        let codes: Vec<Tensor> = self
+            .cardinalities
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| categorical.select(1, i as i64).clamp(0, c - 1))
+            .collect();
+        for (emb, code) in self.embeddings.iter().zip(&codes) {
+            deep_in.push(emb.forward(code));
+        }
+        for (i, j, cj, cross) in &self.crosses {
+            wide += cross.forward(&(&codes[*i] * *cj + &codes[*j]));
+        }
+        let mut x = Tensor::cat(&deep_in, 1);
+        for layer in &self.hidden {
+            x = layer.forward(&x).relu().dropout(self.dropout, train);
+        }
+        let raw = self.out.forward(&x) + wide;
+        let heads = raw.size()[1];
+        let mut cumulative = vec![raw.select(1, 0)];
+        for k in 1..heads {
+            let next = &cumulative[(k - 1) as usize] + raw.select(1, k).softplus();
+            cumulative.push(next);
+        }
+        Tensor::stack(&cumulative, 1)
+    }
+
+    /// The exported contract: `[N, F + C]` floats in, `[N, H]` probabilities out.
+    fn score(&self, x: &Tensor) -> Tensor {
+        let numeric = x.narrow(1, 0, self.numeric);
+        let categorical = x
+            .narrow(1, self.numeric, self.cardinalities.len() as i64)
+            .to_kind(Kind::Int64);
+        self.logits(&numeric, &categorical, false).sigmoid()
+    }
+}
+
+/// A trained churn model with its held-out metrics.
+pub struct TrainedChurn {
+    vs: nn::VarStore,
+    net: Net,
+    /// The input shape.
+    pub schema: ChurnSchema,
+    /// Per numeric feature: training mean.
+    pub mean: Vec<f32>,
+    /// Per numeric feature: training standard deviation (1 where constant).
+    pub std: Vec<f32>,
+    /// Epoch reports, first to last.
+    pub history: Vec<EpochReport>,
+    /// The epoch whose weights were kept (lowest validation loss).
+    pub best_epoch: u32,
+}
+
+/// Per-column mean and standard deviation of `x` (`[N, F]`), std 1 where
+/// a column is constant.
+fn fit_standardiser(x: &Tensor) -> (Tensor, Tensor) {
+    let mean = x.mean_dim(0, true, Kind::Float);
+    let std = x.std_dim(0, false, true);
+    let std = std.where_self(&std.gt(1e-6), &std.ones_like());
+    (mean, std)
+}
+
+/// Trains on `train`, keeping the weights with the lowest loss on
+/// `validation` and stopping early after `cfg.patience` epochs without a
+/// better one. `report` sees every epoch and returns false to cancel.
+pub fn train(
+    schema: ChurnSchema,
+    train: &ChurnData,
+    validation: &ChurnData,
+    cfg: &ChurnConfig,
+    device: Device,
+    mut report: impl FnMut(&EpochReport) -> bool,
+) -> Result<TrainedChurn> {
+    cfg.validate()?;
+    let heads = schema.horizons.len() as i64;
+    if heads == 0 {
+        return Err(Error::InvalidConfig("no churn horizons".into()));
+    }
+    if train.is_empty() {
+        return Err(Error::EmptyData("no training rows".into()));
+    }
+    if validation.is_empty() {
+        return Err(Error::EmptyData("no validation rows".into()));
+    }
+    let expect = |data: &ChurnData, what: &str| -> Result<()> {
+        let (n, f) = (data.numeric.size(), data.categorical.size());
+        if n.len() != 2
+            || n[1] != schema.numeric.len() as i64
+            || f.len() != 2
+            || f[1] != schema.categorical.len() as i64
+            || data.labels.size() != [n[0], heads]
+            || f[0] != n[0]
+        {
+            return Err(Error::InvalidConfig(format!(
+                "{what} rows have shapes numeric {n:?}, categorical {f:?}, labels {:?}; the schema needs [N, {}], [N, {}], [N, {heads}]",
+                data.labels.size(),
+                schema.numeric.len(),
+                schema.categorical.len()
+            )));
+        }
+        if data.numeric.isnan().any().int64_value(&[]) != 0
+            || data.numeric.isinf().any().int64_value(&[]) != 0
+        {
+            return Err(Error::InvalidConfig(format!(
+                "{what} features hold NaN or infinite values"
+            )));
+        }
+        Ok(())
+    };
+    expect(train, "training")?;
+    expect(validation, "validation")?;
+
+    tch::manual_seed(cfg.seed);
+    let (mean, std) = fit_standardiser(&train.numeric);
+    let mean_v = Vec::<f32>::try_from(mean.flatten(0, -1))?;
+    let std_v = Vec::<f32>::try_from(std.flatten(0, -1))?;
+    let vs = nn::VarStore::new(device);
+    let net = Net::new(
+        &vs.root(),
+        &schema,
+        cfg,
+        mean.to_device(device),
+        std.to_device(device),
+    );
+    let mut opt = nn::AdamW {
+        wd: cfg.weight_decay,
+        ..Default::default()
+    }
+    .build(&vs, cfg.lr)?;
+
+    let on = |data: &ChurnData| {
+        (
+            data.numeric.to_device(device),
+            data.categorical.to_device(device),
+            data.labels.to_device(device),
+        )
+    };
+    let (tx, tc, ty) = on(train);
+    let (vx, vc, vy) = on(validation);
+    let n = train.len();
+    let mut history = Vec::new();
+    let mut best = (f64::INFINITY, 0u32);
+    let mut best_weights: Option<Vec<(String, Tensor)>> = None;
+    let mut step = 0u64;
+    for epoch in 1..=cfg.epochs {
+        let started = std::time::Instant::now();
+        let perm = Tensor::randperm(n, (Kind::Int64, device));
+        let mut total = 0.0;
+        let mut batches = 0u32;
+        let mut start = 0;
+        while start < n {
+            let len = cfg.batch_size.min(n - start);
+            let idx = perm.narrow(0, start, len);
+            let logits = net.logits(&tx.index_select(0, &idx), &tc.index_select(0, &idx), true);
+            let loss = logits.binary_cross_entropy_with_logits::<Tensor>(
+                &ty.index_select(0, &idx),
+                None,
+                None,
+                Reduction::Mean,
+            );
+            opt.backward_step(&loss);
+            let value = loss.double_value(&[]);
+            if !value.is_finite() {
+                return Err(Error::Diverged { epoch, step });
+            }
+            total += value;
+            batches += 1;
+            step += 1;
+            start += len;
+        }
+        let validation_loss = tch::no_grad(|| {
+            net.logits(&vx, &vc, false)
+                .binary_cross_entropy_with_logits::<Tensor>(&vy, None, None, Reduction::Mean)
+                .double_value(&[])
+        });
+        if !validation_loss.is_finite() {
+            return Err(Error::Diverged { epoch, step });
+        }
+        let r = EpochReport {
+            epoch,
+            total_epochs: cfg.epochs,
+            step,
+            loss: total / f64::from(batches.max(1)),
+            validation_loss,
+            samples_per_second: n as f64 / started.elapsed().as_secs_f64().max(1e-9),
+        };
+        history.push(r);
+        if validation_loss < best.0 {
+            best = (validation_loss, epoch);
+            best_weights = Some(
+                vs.variables()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.detach().copy()))
+                    .collect(),
+            );
+        }
+        if !report(&r) {
+            return Err(Error::Cancelled);
+        }
+        if epoch - best.1 >= cfg.patience {
+            break;
+        }
+    }
+    if let Some(weights) = best_weights {
+        let vars = vs.variables();
+        tch::no_grad(|| {
+            for (name, w) in weights {
+                if let Some(v) = vars.get(&name) {
+                    v.shallow_clone().copy_(&w);
+                }
+            }
+        });
+    }
+    // Done learning: tracing bakes the weights in as constants, which
+    // libtorch refuses for tensors that still require grad.
+    let mut vs = vs;
+    vs.freeze();
+    Ok(TrainedChurn {
+        vs,
+        net,
+        schema,
+        mean: mean_v,
+        std: std_v,
+        history,
+        best_epoch: best.1,
+    })
+}
+
+impl TrainedChurn {
+    /// Probabilities `[N, H]` for `data`'s rows.
+    pub fn predict(&self, numeric: &Tensor, categorical: &Tensor) -> Tensor {
+        let device = self.vs.device();
+        tch::no_grad(|| {
+            self.net
+                .logits(
+                    &numeric.to_device(device),
+                    &categorical.to_device(device),
+                    false,
+                )
+                .sigmoid()
+                .to_device(Device::Cpu)
+        })
+    }
+
+    /// AUC, log loss, ECE and positive rate per horizon on `data`.
+    pub fn evaluate(&self, data: &ChurnData) -> Result<Vec<HorizonMetrics>> {
+        let p = self.predict(&data.numeric, &data.categorical);
+        let mut out = Vec::new();
+        for (k, &h) in self.schema.horizons.iter().enumerate() {
+            let probs = Vec::<f64>::try_from(p.select(1, k as i64).to_kind(Kind::Double))?;
+            let labels: Vec<bool> = Vec::<f32>::try_from(data.labels.select(1, k as i64))?
+                .into_iter()
+                .map(|y| y > 0.5)
+                .collect();
+            out.push(HorizonMetrics {
+                horizon: h,
+                auc: metrics::auc(&probs, &labels),
+                log_loss: metrics::log_loss(&probs, &labels),
+                ece: metrics::ece(&probs, &labels, 10),
+                positive_rate: labels.iter().filter(|y| **y).count() as f64
+                    / labels.len().max(1) as f64,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Writes the TorchScript module (traced) to `path`: `[N, F + C]` FP32
+    /// in, `[N, H]` probabilities out.
+    pub fn export(&self, path: &Path) -> Result<()> {
+        let width = (self.schema.numeric.len() + self.schema.categorical.len()) as i64;
+        let example = Tensor::zeros([2, width], (Kind::Float, self.vs.device()));
+        let mut module = tch::no_grad(|| {
+            tch::CModule::create_by_tracing("EncoreChurn", "forward", &[example], &mut |x| {
+                vec![self.net.score(&x[0])]
+            })
+        })?;
+        module.set_eval();
+        module.save(path)?;
+        Ok(())
+    }
+
+    /// The standardisation as a JSON-ready map: feature → (mean, std).
+    pub fn standardisation(&self) -> BTreeMap<String, (f32, f32)> {
+        self.schema
+            .numeric
+            .iter()
+            .zip(self.mean.iter().zip(&self.std))
+            .map(|(name, (m, s))| (name.clone(), (*m, *s)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows whose churn depends on the first feature and the category.
+    fn rows(n: i64, seed: i64) -> ChurnData {
+        tch::manual_seed(seed);
+        let numeric = Tensor::randn([n, 4], (Kind::Float, Device::Cpu));
+        let categorical = Tensor::randint(3, [n, 1], (Kind::Int64, Device::Cpu));
+        let logit =
+            numeric.select(1, 0) * 2.0 + categorical.select(1, 0).to_kind(Kind::Float) - 1.0;
+        let u = Tensor::rand([n], (Kind::Float, Device::Cpu));
+        let y7 = u.lt_tensor(&(logit.shallow_clone() - 1.0).sigmoid());
+        let y30 = u.lt_tensor(&logit.sigmoid());
+        let labels = Tensor::stack(&[y7.to_kind(Kind::Float), y30.to_kind(Kind::Float)], 1);
+        ChurnData {
+            numeric,
+            categorical,
+            labels,
+        }
+    }
+
+    fn schema() -> ChurnSchema {
+        ChurnSchema {
+            numeric: (0..4).map(|i| format!("f{i}")).collect(),
+            categorical: vec![("c".into(), 3)],
+            horizons: vec![7, 30],
+        }
+    }
+
+    #[test]
+    fn learns_a_planted_signal_with_monotone_heads() {
+        let (train_rows, validation) = (rows(4_000, 1), rows(1_000, 2));
+        let cfg = ChurnConfig {
+            epochs: 8,
+            ..Default::default()
+        };
+        let model = train(
+            schema(),
+            &train_rows,
+            &validation,
+            &cfg,
+            Device::Cpu,
+            |_| true,
+        )
+        .unwrap();
+        let m = model.evaluate(&rows(2_000, 3)).unwrap();
+        assert!(m[1].auc > 0.8, "{m:?}");
+        assert!(m[1].ece < 0.1, "{m:?}");
+        let p = model.predict(&validation.numeric, &validation.categorical);
+        let (p7, p30) = (p.select(1, 0), p.select(1, 1));
+        assert!(bool::try_from(p7.le_tensor(&p30).all()).unwrap());
+        assert!(model.best_epoch >= 1 && model.best_epoch as usize <= model.history.len());
+    }
+
+    #[test]
+    fn exports_torchscript_that_scores_like_the_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ChurnConfig {
+            epochs: 2,
+            ..Default::default()
+        };
+        let model = train(
+            schema(),
+            &rows(500, 4),
+            &rows(200, 5),
+            &cfg,
+            Device::Cpu,
+            |_| true,
+        )
+        .unwrap();
+        let path = dir.path().join("model.pt");
+        model.export(&path).unwrap();
+        let module = tch::CModule::load(&path).unwrap();
+        let data = rows(7, 6);
+        let x = Tensor::cat(
+            &[
+                data.numeric.shallow_clone(),
+                data.categorical.to_kind(Kind::Float),
+            ],
+            1,
+        );
+        let out = module.forward_ts(&[x]).unwrap();
+        assert_eq!(out.size(), [7, 2]);
+        let expected = model.predict(&data.numeric, &data.categorical);
+        let diff = (out - expected).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "the TorchScript module differs by {diff}");
+        // Batch size is not baked into the trace.
+        let wide = Tensor::zeros([33, 5], (Kind::Float, Device::Cpu));
+        assert_eq!(module.forward_ts(&[wide]).unwrap().size(), [33, 2]);
+    }
+
+    #[test]
+    fn bad_settings_and_exploding_values_fail_clearly() {
+        let (a, b) = (rows(100, 7), rows(50, 8));
+        let mut cfg = ChurnConfig::default();
+        assert!(
+            cfg.set("hidden", "64,0")
+                .unwrap_err()
+                .to_string()
+                .contains("hidden")
+        );
+        cfg = ChurnConfig::default();
+        let empty = ChurnData {
+            numeric: Tensor::zeros([0, 4], (Kind::Float, Device::Cpu)),
+            categorical: Tensor::zeros([0, 1], (Kind::Int64, Device::Cpu)),
+            labels: Tensor::zeros([0, 2], (Kind::Float, Device::Cpu)),
+        };
+        let e = train(schema(), &empty, &b, &cfg, Device::Cpu, |_| true)
+            .err()
+            .unwrap();
+        assert!(matches!(e, Error::EmptyData(_)), "{e}");
+        let mut wrong = schema();
+        wrong.numeric.pop();
+        let e = train(wrong, &a, &b, &cfg, Device::Cpu, |_| true)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("shapes"), "{e}");
+        // A NaN label (corrupt data) makes the loss NaN: training stops
+        // with Diverged instead of saving garbage.
+        let corrupt = rows(100, 9);
+        let _ = corrupt.labels.get(3).get(1).fill_(f64::NAN);
+        let e = train(schema(), &corrupt, &b, &cfg, Device::Cpu, |_| true)
+            .err()
+            .unwrap();
+        assert!(matches!(e, Error::Diverged { .. }), "{e}");
+        assert!(e.to_string().contains("NaN"), "{e}");
+        // Cancelling stops after the first epoch.
+        let e = train(schema(), &a, &b, &cfg, Device::Cpu, |_| false)
+            .err()
+            .unwrap();
+        assert!(matches!(e, Error::Cancelled));
+    }
+}

@@ -1,0 +1,100 @@
+//! `encore train` and `encore models` as users run them: train two churn
+//! versions on generated data, list them, promote, roll back, show, and
+//! refuse bad input with one clear line.
+
+use encore_tests::encore;
+
+#[test]
+fn train_registers_versions_and_models_promote_and_roll_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let registry = dir.path().join("registry").display().to_string();
+    let (code, _, err) = encore(&[
+        "datagen", "--users", "1500", "--days", "60", "--seed", "3", "--out", &data,
+    ])
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "churn",
+            "--data",
+            &data,
+            "--cutoff",
+            "2026-01-25",
+            "--registry",
+            &registry,
+            "--cpu",
+        ];
+        args.extend_from_slice(extra);
+        encore(&args).unwrap()
+    };
+    let (code, out, err) = train(&["--set", "epochs=4"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("registered churn:1") && out.contains("(now production)"),
+        "{out}"
+    );
+    assert!(out.contains("auc_30d"), "{out}");
+    let (code, out, err) = train(&["--set", "epochs=2", "--promote", "never"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("registered churn:2") && !out.contains("production"),
+        "{out}"
+    );
+
+    let models = |args: &[&str]| {
+        let mut all = vec!["models"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--registry", &registry]);
+        encore(&all).unwrap()
+    };
+    let (code, out, _) = models(&["list"]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("churn")).collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[0].contains("production") && lines[0].contains("auc_30d="),
+        "{out}"
+    );
+    let (code, out, _) = models(&["promote", "churn:2"]);
+    assert_eq!((code, out.trim()), (0, "churn: production 1 -> 2"));
+    let (code, out, _) = models(&["rollback", "churn"]);
+    assert_eq!((code, out.trim()), (0, "churn: production 2 -> 1"));
+    let (code, out, _) = models(&["show", "churn"]);
+    assert_eq!(code, 0);
+    let manifest: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(manifest["version"], 1, "production is 1 again");
+    assert_eq!(manifest["kind"], "churn");
+
+    // Bad input: one error line naming the problem, exit 1.
+    for (args, needle) in [
+        (
+            vec!["--set", "learning_rate=0.1"],
+            "unknown churn hyperparameter 'learning_rate'",
+        ),
+        (vec!["--set", "epochs"], "expected KEY=VALUE"),
+        (vec!["--set", "batch_size=0"], "batch_size = 0"),
+        (vec!["--horizons", "30,7"], "ascending"),
+    ] {
+        let (code, _, err) = train(&args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains(needle),
+            "{args:?}: {err}"
+        );
+    }
+    for (args, needle) in [
+        (vec!["promote", "churn:9"], "no version 9"),
+        (vec!["promote", "churn"], "MODEL:VERSION"),
+        (vec!["show", "nope"], "model 'nope' is not in the registry"),
+        (
+            vec!["rollback", "churn", "--alias", "staging"],
+            "no alias 'staging'",
+        ),
+    ] {
+        let (code, _, err) = models(&args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
