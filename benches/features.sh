@@ -59,7 +59,7 @@ MEASURE="python benches/peers/measure.py"
 
 echo "bench: encore standalone" >&2
 $MEASURE encore-standalone -- "$BIN/encore" sql --standalone "${TABLES[@]}" \
-    --out "$WORK/standalone.parquet" "$(cat "$WORK/plan.sql")" | tee -a "$OUT"
+    --out "$WORK/standalone.parquet" -- "$(cat "$WORK/plan.sql")" | tee -a "$OUT"
 
 # cluster N SLOTS: scheduler + N executors with SLOTS task slots each.
 cluster() {
@@ -83,7 +83,7 @@ cluster() {
     done
     echo "bench: encore cluster, $n executor(s) x $slots slot(s)" >&2
     $MEASURE "encore-cluster-${n}x${slots}" --pids "$pids" -- "$BIN/encore" sql --scheduler "df://$addr" \
-        "${TABLES[@]}" --out "$WORK/cluster-$n.parquet" "$(cat "$WORK/plan.sql")" | tee -a "$OUT"
+        "${TABLES[@]}" --out "$WORK/cluster-$n.parquet" -- "$(cat "$WORK/plan.sql")" | tee -a "$OUT"
     kill ${pids//,/ } 2>/dev/null || true
     wait 2>/dev/null || true
 }

@@ -10,7 +10,9 @@ function names are mapped to their DuckDB spellings, nothing else changes:
 
 Prints one JSON line: seconds (query + Parquet write), rows, peak RSS of
 this process. With --check, first verifies that the other engine's output
-has the same rows and values (floats to 1e-9 relative).
+has the same rows and values (floats to 1e-6 relative or 2e-5 absolute:
+DataFusion's to_unixtime counts whole seconds, DuckDB's epoch keeps the
+milliseconds, so day counts may differ by under a second).
 """
 
 import argparse
@@ -34,9 +36,9 @@ def translate(sql: str) -> str:
 
 def register(con, data: str) -> list:
     names = []
-    for name in sorted(os.listdir(data)):
+    for name in ["users", "items", "plays", "interactions", "payments"]:
         folder = os.path.join(data, name)
-        if not os.path.isdir(folder) or name.startswith("."):
+        if not os.path.isdir(folder):
             continue
         nested = any(e.startswith("day=") for e in os.listdir(folder))
         glob = os.path.join(folder, "*/*.parquet" if nested else "*.parquet")
@@ -61,7 +63,7 @@ def same_tables(a: str, b: str, key: str) -> str:
             if x == y:
                 continue
             if isinstance(x, (int, float)) and isinstance(y, (int, float)):
-                if math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-9):
+                if math.isclose(x, y, rel_tol=1e-6, abs_tol=2e-5):
                     continue
             return f"{name} row {i}: {x!r} vs {y!r}"
     return ""

@@ -127,7 +127,7 @@ WITH before_t AS (
            CASE WHEN played_secs >= 0.985 * item_secs THEN 1 ELSE 0 END AS completed,
            CASE WHEN played_secs < 0.5 * item_secs THEN 1 ELSE 0 END AS skipped,
            -- a play opens a session when the user's previous play is over {gap} s before it
-           CASE WHEN to_unixtime(ts) - to_unixtime(lag(ts) OVER (PARTITION BY user_id ORDER BY ts)) <= {gap}
+           CASE WHEN lag(ts) OVER (PARTITION BY user_id ORDER BY ts) >= ts - INTERVAL '{gap} seconds'
                 THEN 0 ELSE 1 END AS opens_session
     FROM plays
     WHERE ts < {t} AND ts >= {t} - INTERVAL '{longest} days'{consent}

@@ -266,14 +266,9 @@ pub async fn train_churn(
         Promotion::Always => true,
         Promotion::IfBetter => {
             let current = registry
-                .resolve(&job.model_name, "production")
-                .ok()
-                .filter(|_| {
-                    registry
-                        .aliases(&job.model_name)
-                        .is_ok_and(|a| a.contains_key("production"))
-                })
-                .and_then(|v| registry.manifest(&job.model_name, v).ok())
+                .aliases(&job.model_name)?
+                .get("production")
+                .and_then(|&v| registry.manifest(&job.model_name, v).ok())
                 .and_then(|m| m.extra.get("metrics")?.get(&key)?.as_f64());
             match current {
                 None => true,
