@@ -105,6 +105,15 @@ impl Target {
         })
     }
 
+    /// Targets a cluster this process already started.
+    pub fn local(cluster: LocalCluster) -> Self {
+        let url = cluster.scheduler.url();
+        Self {
+            local: Some(cluster),
+            url,
+        }
+    }
+
     /// Stops the in-process cluster, if one was started, and passes `result` on.
     pub async fn finish<T>(self, result: anyhow::Result<T>) -> anyhow::Result<T> {
         if let Some(local) = self.local {

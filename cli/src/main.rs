@@ -32,6 +32,7 @@ enum Command {
     Features(commands::features::Args),
     Segments(commands::segments::Args),
     Train(commands::train::Args),
+    Jobs(commands::jobs::Args),
     Models(commands::models::Args),
 }
 
@@ -59,6 +60,7 @@ fn main() {
                 Command::Features(args) => commands::features::run(args).await,
                 Command::Segments(args) => commands::segments::run(args).await,
                 Command::Train(args) => commands::train::run(args).await,
+                Command::Jobs(args) => commands::jobs::run(args).await,
                 Command::Models(args) => commands::models::run(args).await,
             }
         }),

@@ -5,12 +5,14 @@
 //! - [`SchedulingPolicy`]: push or pull task scheduling, which scheduler and
 //!   executors must agree on;
 //! - [`metrics`]: Prometheus text for `/metrics`;
+//! - [`names`]: the rule for user-chosen model names;
 //! - [`process`]: logging set-up and the shutdown signal for binaries.
 //!
 //! Nothing here knows about jobs, features, models or wire protocols.
 
 pub mod config;
 pub mod metrics;
+pub mod names;
 pub mod process;
 
 use std::str::FromStr;

@@ -42,6 +42,14 @@ pub struct ExecutorConfig {
     pub executor_heartbeat_interval_seconds: u64,
     /// Largest gRPC message accepted or sent.
     pub grpc_max_message_bytes: u32,
+    /// Take training jobs from the scheduler's job service.
+    pub training: bool,
+    /// libtorch threads for training; 0 lets libtorch choose (every core).
+    pub training_threads: usize,
+    /// Train on the CPU even when CUDA is available.
+    pub training_cpu_only: bool,
+    /// How often an idle worker asks for a job, in milliseconds.
+    pub job_poll_interval_ms: u64,
 }
 
 impl Default for ExecutorConfig {
@@ -61,6 +69,10 @@ impl Default for ExecutorConfig {
             task_scheduling_policy: SchedulingPolicy::default(),
             executor_heartbeat_interval_seconds: 15,
             grpc_max_message_bytes: 16 * 1024 * 1024,
+            training: true,
+            training_threads: 0,
+            training_cpu_only: false,
+            job_poll_interval_ms: 1000,
         }
     }
 }

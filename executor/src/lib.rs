@@ -3,8 +3,8 @@
 //! durations as `encore_executor_*`), `/healthz` and `/readyz`.
 //!
 //! [`training`] holds the pipelines a training job runs (features through
-//! the cluster, tch training, evaluation, export, registration); the job
-//! service that hands jobs to executors is still to come.
+//! the cluster, tch training, evaluation, export, registration); [`worker`]
+//! takes jobs from the scheduler's job service and runs them.
 //! This crate knows nothing of the scheduler's internals or of serving.
 //!
 //! Start it with [`start_executor`]; the returned [`ExecutorHandle`] carries
@@ -17,6 +17,7 @@ mod http;
 pub mod metrics;
 mod server;
 pub mod training;
+pub mod worker;
 
 pub use config::{ExecutorConfig, SchedulingPolicy};
 pub use error::{Error, Result};

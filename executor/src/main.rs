@@ -65,6 +65,18 @@ struct Args {
     /// Seconds between heartbeats to the scheduler [default: 15].
     #[arg(long, env = "ENCORE_EXECUTOR_HEARTBEAT_INTERVAL_SECONDS")]
     executor_heartbeat_interval_seconds: Option<u64>,
+    /// Do not take training jobs (SQL tasks only).
+    #[arg(long, env = "ENCORE_EXECUTOR_NO_TRAINING")]
+    no_training: bool,
+    /// libtorch threads for training jobs; 0 lets libtorch choose [default: 0].
+    #[arg(long, env = "ENCORE_EXECUTOR_TRAINING_THREADS")]
+    training_threads: Option<usize>,
+    /// Train on the CPU even when CUDA is available.
+    #[arg(long, env = "ENCORE_EXECUTOR_TRAINING_CPU_ONLY")]
+    training_cpu_only: bool,
+    /// How often an idle executor asks for a training job, in ms [default: 1000].
+    #[arg(long, env = "ENCORE_EXECUTOR_JOB_POLL_INTERVAL_MS")]
+    job_poll_interval_ms: Option<u64>,
 }
 
 impl Args {
@@ -88,8 +100,16 @@ impl Args {
             scheduler_connect_timeout_seconds,
             concurrent_tasks,
             task_scheduling_policy,
-            executor_heartbeat_interval_seconds
+            executor_heartbeat_interval_seconds,
+            training_threads,
+            job_poll_interval_ms
         );
+        if self.no_training {
+            c.training = false;
+        }
+        if self.training_cpu_only {
+            c.training_cpu_only = true;
+        }
         if self.external_host.is_some() {
             c.external_host = self.external_host;
         }

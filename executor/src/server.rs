@@ -35,6 +35,7 @@ pub struct ExecutorHandle {
     executor_id: String,
     health: ExecutorHealth,
     executor: Option<JoinHandle<Result<()>>>,
+    worker: Option<JoinHandle<()>>,
     http_shutdown: Option<oneshot::Sender<()>>,
     /// The default work dir, deleted with the handle.
     _work_dir: Option<tempfile::TempDir>,
@@ -84,6 +85,9 @@ impl ExecutorHandle {
     /// Stops the executor's tasks (used in-process by `encore standalone`).
     pub fn abort(&mut self) {
         if let Some(task) = self.executor.take() {
+            task.abort();
+        }
+        if let Some(task) = self.worker.take() {
             task.abort();
         }
         if let Some(tx) = self.http_shutdown.take() {
@@ -253,6 +257,16 @@ pub async fn start_executor(config: ExecutorConfig) -> Result<ExecutorHandle> {
             .await
             .map_err(Error::from)
     });
+    let worker = config.training.then(|| {
+        tokio::spawn(crate::worker::run(crate::worker::WorkerConfig {
+            scheduler_host: config.scheduler_host.clone(),
+            scheduler_port: config.scheduler_port,
+            executor_id: executor_id.clone(),
+            poll_interval: Duration::from_millis(config.job_poll_interval_ms.max(10)),
+            threads: config.training_threads,
+            cpu_only: config.training_cpu_only,
+        }))
+    });
     Ok(ExecutorHandle {
         flight_addr,
         grpc_port,
@@ -260,6 +274,7 @@ pub async fn start_executor(config: ExecutorConfig) -> Result<ExecutorHandle> {
         executor_id,
         health,
         executor: Some(executor),
+        worker,
         http_shutdown: Some(http_tx),
         _work_dir: temp_work_dir,
     })

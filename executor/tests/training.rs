@@ -51,6 +51,7 @@ fn job(registry: &Path) -> ChurnJob {
         },
         promotion: Promotion::IfBetter,
         device: tch::Device::Cpu,
+        control: Default::default(),
     }
 }
 

@@ -17,14 +17,28 @@
 //! `churn_<h>d` outputs of its `churn` contract).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Device, Kind, Reduction, Tensor};
 
+use crate::checkpoint::{self, CheckpointState};
 use crate::error::{Error, Result};
 use crate::metrics;
+
+/// How a training run is resumed and stopped from outside.
+#[derive(Debug, Clone, Default)]
+pub struct TrainControl {
+    /// Folder for per-epoch checkpoints ([`crate::checkpoint`]); a run that
+    /// finds one for the same model there resumes after its epoch.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Checked before every mini-batch: once true, training stops with
+    /// [`Error::Cancelled`].
+    pub cancel: Option<Arc<AtomicBool>>,
+}
 
 /// Training settings; every field has a default and can be overridden by
 /// name (`set`), as jobs' hyperparameter maps do.
@@ -195,7 +209,7 @@ pub struct ChurnSchema {
 }
 
 /// Progress after each epoch; the callback returns false to stop (cancel).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct EpochReport {
     /// 1-based epoch.
     pub epoch: u32,
@@ -385,6 +399,8 @@ pub struct TrainedChurn {
     pub history: Vec<EpochReport>,
     /// The epoch whose weights were kept (lowest validation loss).
     pub best_epoch: u32,
+    /// The checkpointed epoch this run resumed after, if it resumed.
+    pub resumed_after: Option<u32>,
 }
 
 /// Per-column mean and standard deviation of `x` (`[N, F]`), std 1 where
@@ -398,13 +414,16 @@ fn fit_standardiser(x: &Tensor) -> (Tensor, Tensor) {
 
 /// Trains on `train`, keeping the weights with the lowest loss on
 /// `validation` and stopping early after `cfg.patience` epochs without a
-/// better one. `report` sees every epoch and returns false to cancel.
+/// better one. `report` sees every epoch and returns false to cancel;
+/// `control` adds checkpoints (and resuming from them) and a cancel flag
+/// checked per mini-batch.
 pub fn train(
     schema: ChurnSchema,
     train: &ChurnData,
     validation: &ChurnData,
     cfg: &ChurnConfig,
     device: Device,
+    control: &TrainControl,
     mut report: impl FnMut(&EpochReport) -> bool,
 ) -> Result<TrainedChurn> {
     cfg.validate()?;
@@ -450,7 +469,7 @@ pub fn train(
     let (mean, std) = fit_standardiser(&train.numeric);
     let mean_v = Vec::<f32>::try_from(mean.flatten(0, -1))?;
     let std_v = Vec::<f32>::try_from(std.flatten(0, -1))?;
-    let vs = nn::VarStore::new(device);
+    let mut vs = nn::VarStore::new(device);
     let net = Net::new(
         &vs.root(),
         &schema,
@@ -478,13 +497,52 @@ pub fn train(
     let mut best = (f64::INFINITY, 0u32);
     let mut best_weights: Option<Vec<(String, Tensor)>> = None;
     let mut step = 0u64;
-    for epoch in 1..=cfg.epochs {
+    let mut first_epoch = 1;
+    let mut resumed_after = None;
+    let fingerprint = serde_json::json!({
+        "model": "churn",
+        "numeric": schema.numeric,
+        "categorical": schema.categorical,
+        "horizons": schema.horizons,
+        "rows": [train.len(), validation.len()],
+        "config": cfg,
+    })
+    .to_string();
+    if let Some(dir) = &control.checkpoint_dir
+        && let Some(restored) = checkpoint::restore(dir, &mut vs, &fingerprint)?
+    {
+        let s = restored.state;
+        history = s
+            .history
+            .iter()
+            .filter_map(|v| serde_json::from_value(v.clone()).ok())
+            .collect();
+        best = (s.best_loss, s.best_epoch);
+        best_weights = Some(restored.best);
+        step = s.step;
+        first_epoch = s.epoch + 1;
+        resumed_after = Some(s.epoch);
+    }
+    let stopped_early = |best: (f64, u32), epoch: u32| epoch >= 1 && epoch - best.1 >= cfg.patience;
+    for epoch in first_epoch..=cfg.epochs {
+        if stopped_early(best, epoch - 1) {
+            break;
+        }
         let started = std::time::Instant::now();
+        // Seeded per epoch, so a resumed run draws what the first would have.
+        tch::manual_seed(cfg.seed.wrapping_add(i64::from(epoch)));
         let perm = Tensor::randperm(n, (Kind::Int64, device));
         let mut total = 0.0;
         let mut batches = 0u32;
         let mut start = 0;
         while start < n {
+            if control
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(Ordering::Relaxed))
+            {
+                return Err(Error::Cancelled);
+            }
             let len = cfg.batch_size.min(n - start);
             let idx = perm.narrow(0, start, len);
             let logits = net.logits(&tx.index_select(0, &idx), &tc.index_select(0, &idx), true);
@@ -530,11 +588,22 @@ pub fn train(
                     .collect(),
             );
         }
+        if let Some(dir) = &control.checkpoint_dir {
+            let state = CheckpointState {
+                epoch,
+                step,
+                best_loss: best.0,
+                best_epoch: best.1,
+                history: history
+                    .iter()
+                    .map(|r| serde_json::to_value(r).expect("reports serialise"))
+                    .collect(),
+                fingerprint: fingerprint.clone(),
+            };
+            checkpoint::save(dir, &vs, best_weights.as_deref().unwrap_or(&[]), &state)?;
+        }
         if !report(&r) {
             return Err(Error::Cancelled);
-        }
-        if epoch - best.1 >= cfg.patience {
-            break;
         }
     }
     if let Some(weights) = best_weights {
@@ -559,6 +628,7 @@ pub fn train(
         std: std_v,
         history,
         best_epoch: best.1,
+        resumed_after,
     })
 }
 
@@ -630,6 +700,14 @@ impl TrainedChurn {
 mod tests {
     use super::*;
 
+    /// libtorch's random generator is global to the process: tests that
+    /// seed it and compare runs take turns.
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn serial() -> std::sync::MutexGuard<'static, ()> {
+        RNG.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Rows whose churn depends on the first feature and the category.
     fn rows(n: i64, seed: i64) -> ChurnData {
         tch::manual_seed(seed);
@@ -658,6 +736,7 @@ mod tests {
 
     #[test]
     fn learns_a_planted_signal_with_monotone_heads() {
+        let _rng = serial();
         let (train_rows, validation) = (rows(4_000, 1), rows(1_000, 2));
         let cfg = ChurnConfig {
             epochs: 8,
@@ -669,6 +748,7 @@ mod tests {
             &validation,
             &cfg,
             Device::Cpu,
+            &TrainControl::default(),
             |_| true,
         )
         .unwrap();
@@ -683,6 +763,7 @@ mod tests {
 
     #[test]
     fn exports_torchscript_that_scores_like_the_model() {
+        let _rng = serial();
         let dir = tempfile::tempdir().unwrap();
         let cfg = ChurnConfig {
             epochs: 2,
@@ -694,6 +775,7 @@ mod tests {
             &rows(200, 5),
             &cfg,
             Device::Cpu,
+            &TrainControl::default(),
             |_| true,
         )
         .unwrap();
@@ -720,6 +802,7 @@ mod tests {
 
     #[test]
     fn bad_settings_and_exploding_values_fail_clearly() {
+        let _rng = serial();
         let (a, b) = (rows(100, 7), rows(50, 8));
         let mut cfg = ChurnConfig::default();
         assert!(
@@ -734,29 +817,158 @@ mod tests {
             categorical: Tensor::zeros([0, 1], (Kind::Int64, Device::Cpu)),
             labels: Tensor::zeros([0, 2], (Kind::Float, Device::Cpu)),
         };
-        let e = train(schema(), &empty, &b, &cfg, Device::Cpu, |_| true)
-            .err()
-            .unwrap();
+        let e = train(
+            schema(),
+            &empty,
+            &b,
+            &cfg,
+            Device::Cpu,
+            &TrainControl::default(),
+            |_| true,
+        )
+        .err()
+        .unwrap();
         assert!(matches!(e, Error::EmptyData(_)), "{e}");
         let mut wrong = schema();
         wrong.numeric.pop();
-        let e = train(wrong, &a, &b, &cfg, Device::Cpu, |_| true)
-            .err()
-            .unwrap();
+        let e = train(
+            wrong,
+            &a,
+            &b,
+            &cfg,
+            Device::Cpu,
+            &TrainControl::default(),
+            |_| true,
+        )
+        .err()
+        .unwrap();
         assert!(e.to_string().contains("shapes"), "{e}");
         // A NaN label (corrupt data) makes the loss NaN: training stops
         // with Diverged instead of saving garbage.
         let corrupt = rows(100, 9);
         let _ = corrupt.labels.get(3).get(1).fill_(f64::NAN);
-        let e = train(schema(), &corrupt, &b, &cfg, Device::Cpu, |_| true)
-            .err()
-            .unwrap();
+        let e = train(
+            schema(),
+            &corrupt,
+            &b,
+            &cfg,
+            Device::Cpu,
+            &TrainControl::default(),
+            |_| true,
+        )
+        .err()
+        .unwrap();
         assert!(matches!(e, Error::Diverged { .. }), "{e}");
         assert!(e.to_string().contains("NaN"), "{e}");
         // Cancelling stops after the first epoch.
-        let e = train(schema(), &a, &b, &cfg, Device::Cpu, |_| false)
-            .err()
-            .unwrap();
+        let e = train(
+            schema(),
+            &a,
+            &b,
+            &cfg,
+            Device::Cpu,
+            &TrainControl::default(),
+            |_| false,
+        )
+        .err()
+        .unwrap();
         assert!(matches!(e, Error::Cancelled));
+    }
+
+    #[test]
+    fn a_run_stopped_after_a_checkpoint_resumes_where_it_stopped() {
+        let _rng = serial();
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (rows(600, 10), rows(200, 11));
+        let cfg = ChurnConfig {
+            epochs: 5,
+            patience: 10,
+            ..Default::default()
+        };
+        let control = TrainControl {
+            checkpoint_dir: Some(dir.path().to_path_buf()),
+            cancel: None,
+        };
+        // The whole run in one go, for reference.
+        let full = train(
+            schema(),
+            &a,
+            &b,
+            &cfg,
+            Device::Cpu,
+            &TrainControl::default(),
+            |_| true,
+        )
+        .unwrap();
+        // Stop (like a dying executor) after epoch 3's checkpoint.
+        let e = train(schema(), &a, &b, &cfg, Device::Cpu, &control, |r| {
+            r.epoch < 3
+        })
+        .err()
+        .unwrap();
+        assert!(matches!(e, Error::Cancelled));
+        assert_eq!(crate::checkpoint::latest_epoch(dir.path()), Some(3));
+        let mut seen = Vec::new();
+        let resumed = train(schema(), &a, &b, &cfg, Device::Cpu, &control, |r| {
+            seen.push(r.epoch);
+            true
+        })
+        .unwrap();
+        assert_eq!(resumed.resumed_after, Some(3));
+        assert_eq!(seen, [4, 5], "only the remaining epochs run");
+        assert_eq!(resumed.history.len(), 5);
+        // It continued from the checkpoint's weights, not from scratch: its
+        // first new epoch already beats the first epoch of a fresh run, and
+        // it ends about where the uninterrupted run did (AdamW's moments
+        // are not checkpointed, so not exactly).
+        assert!(
+            resumed.history[3].validation_loss < full.history[0].validation_loss,
+            "{:?}",
+            resumed.history
+        );
+        let (r_loss, f_loss) = (
+            resumed.history[4].validation_loss,
+            full.history[4].validation_loss,
+        );
+        assert!(
+            (r_loss - f_loss).abs() < 0.1 * f_loss,
+            "validation loss {r_loss} resumed vs {f_loss} uninterrupted"
+        );
+        for (r, f) in resumed.history[..3].iter().zip(&full.history[..3]) {
+            assert!((r.loss - f.loss).abs() < 1e-6, "{r:?} vs {f:?}");
+        }
+        // A checkpoint of another model shape is ignored, not loaded.
+        let mut other = schema();
+        other.horizons = vec![7, 15];
+        let fresh = train(other, &a, &b, &cfg, Device::Cpu, &control, |_| true).unwrap();
+        assert_eq!(fresh.resumed_after, None);
+    }
+
+    #[test]
+    fn the_cancel_flag_stops_training_within_a_batch() {
+        let _rng = serial();
+        let flag = Arc::new(AtomicBool::new(true));
+        let control = TrainControl {
+            checkpoint_dir: None,
+            cancel: Some(flag),
+        };
+        let (a, b) = (rows(100, 12), rows(50, 13));
+        let mut epochs = 0;
+        let e = train(
+            schema(),
+            &a,
+            &b,
+            &ChurnConfig::default(),
+            Device::Cpu,
+            &control,
+            |_| {
+                epochs += 1;
+                true
+            },
+        )
+        .err()
+        .unwrap();
+        assert!(matches!(e, Error::Cancelled));
+        assert_eq!(epochs, 0);
     }
 }

@@ -300,19 +300,7 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
 
 /// A model name must be a plain folder name: `[a-z0-9][a-z0-9_-]{0,63}`.
 pub fn check_model_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-        && !name.starts_with(['_', '-']);
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::NotFound(format!(
-            "invalid model name '{name}': use [a-z0-9][a-z0-9_-]{{0,63}}"
-        )))
-    }
+    encore_common::names::check_model_name(name).map_err(Error::NotFound)
 }
 
 impl Registry {

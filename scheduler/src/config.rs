@@ -3,7 +3,7 @@
 //! variables over this.
 
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use ballista_scheduler::config::TaskDistributionPolicy;
@@ -64,6 +64,16 @@ pub struct SchedulerConfig {
     pub min_ready_executors: usize,
     /// Largest gRPC message accepted or sent.
     pub grpc_max_message_bytes: u32,
+    /// Folder of the job store (`jobs.sqlite`); None keeps jobs in memory,
+    /// so they are lost when the scheduler stops.
+    pub state_dir: Option<PathBuf>,
+    /// Registry for jobs that name none.
+    pub registry: Option<String>,
+    /// A training attempt without a progress report for this long is
+    /// declared lost and re-queued.
+    pub job_lease_seconds: f64,
+    /// Attempts per job when the job does not say.
+    pub job_max_attempts: u32,
 }
 
 impl Default for SchedulerConfig {
@@ -80,6 +90,10 @@ impl Default for SchedulerConfig {
             stage_max_failures: 1,
             min_ready_executors: 1,
             grpc_max_message_bytes: 16 * 1024 * 1024,
+            state_dir: None,
+            registry: None,
+            job_lease_seconds: 30.0,
+            job_max_attempts: 3,
         }
     }
 }
@@ -131,6 +145,19 @@ impl SchedulerConfig {
         }
         if self.task_max_failures == 0 || self.stage_max_failures == 0 {
             return bad("task_max_failures and stage_max_failures must be at least 1".into());
+        }
+        if !(self.job_lease_seconds >= 0.5 && self.job_lease_seconds <= 86_400.0) {
+            return bad(format!(
+                "job_lease_seconds ({}) must be between 0.5 and 86400",
+                self.job_lease_seconds
+            ));
+        }
+        if !(1..=crate::jobs::spec::MAX_ATTEMPTS).contains(&self.job_max_attempts) {
+            return bad(format!(
+                "job_max_attempts ({}) must be between 1 and {}",
+                self.job_max_attempts,
+                crate::jobs::spec::MAX_ATTEMPTS
+            ));
         }
         if self.grpc_max_message_bytes < 1024 * 1024 {
             return bad(format!(

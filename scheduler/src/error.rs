@@ -18,6 +18,9 @@ pub enum Error {
     /// Ballista refused to start.
     #[error("ballista scheduler: {0}")]
     Ballista(#[from] Box<ballista_core::error::BallistaError>),
+    /// The job store could not be opened.
+    #[error(transparent)]
+    JobStore(#[from] crate::jobs::StoreError),
     /// Registering or encoding metrics failed.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),

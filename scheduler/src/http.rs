@@ -20,6 +20,7 @@ pub(crate) type Ballista = SchedulerServer<LogicalPlanNode, PhysicalPlanNode>;
 pub(crate) struct AppState {
     pub scheduler: Arc<Ballista>,
     pub metrics: Arc<SchedulerMetrics>,
+    pub jobs: crate::jobs::JobService,
 }
 
 /// `/metrics`, `/healthz` and `/readyz`.
@@ -49,6 +50,20 @@ async fn refresh_gauges(state: &AppState) {
         .metrics
         .jobs_running
         .set(s.running_job_number() as i64);
+    if let Ok(counts) = state.jobs.count_by_state() {
+        state.metrics.jobs.reset();
+        for (job_state, n) in counts {
+            let name = job_state
+                .as_str_name()
+                .trim_start_matches("JOB_STATE_")
+                .to_lowercase();
+            state
+                .metrics
+                .jobs
+                .with_label_values(&[name.as_str()])
+                .set(n);
+        }
+    }
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {

@@ -3,9 +3,11 @@
 //!
 //! - Ballista's `SchedulerGrpc` (clients and executors connect here),
 //! - Ballista's REST API under `/api` (jobs, stages, executors),
+//! - Encore's `encore.v1.Jobs` (training jobs for users) and
+//!   `encore.v1.JobWorker` (for executors), backed by a SQLite job store
+//!   ([`jobs`]),
 //! - Encore's HTTP `/metrics` (Prometheus text), `/healthz` and `/readyz`.
 //!
-//! Later issues add the `encore.v1.Jobs` service and its job store here.
 //! This crate knows nothing of executors' internals, models or serving.
 //!
 //! Start it with [`start_scheduler`]; the returned [`SchedulerHandle`] carries
@@ -15,6 +17,7 @@ pub mod config;
 pub mod error;
 mod guard;
 mod http;
+pub mod jobs;
 pub mod metrics;
 mod server;
 

@@ -55,6 +55,23 @@ struct Args {
     /// /readyz is 200 once this many executors registered [default: 1].
     #[arg(long, env = "ENCORE_SCHEDULER_MIN_READY_EXECUTORS")]
     min_ready_executors: Option<usize>,
+    /// Folder of the training-job store (jobs.sqlite), kept across restarts
+    /// [default: ./encore-state].
+    #[arg(long, env = "ENCORE_SCHEDULER_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Keep training jobs in memory only (lost when the scheduler stops).
+    #[arg(long, conflicts_with = "state_dir")]
+    in_memory_jobs: bool,
+    /// Model registry for training jobs that name none.
+    #[arg(long, env = "ENCORE_REGISTRY")]
+    registry: Option<String>,
+    /// Re-queue a training attempt after this long without a progress
+    /// report from its executor [default: 30].
+    #[arg(long, env = "ENCORE_SCHEDULER_JOB_LEASE_SECONDS")]
+    job_lease_seconds: Option<f64>,
+    /// Attempts per training job when the job does not say [default: 3].
+    #[arg(long, env = "ENCORE_SCHEDULER_JOB_MAX_ATTEMPTS")]
+    job_max_attempts: Option<u32>,
 }
 
 impl Args {
@@ -77,8 +94,21 @@ impl Args {
             expire_dead_executor_interval_seconds,
             task_max_failures,
             stage_max_failures,
-            min_ready_executors
+            min_ready_executors,
+            job_lease_seconds,
+            job_max_attempts
         );
+        if self.registry.is_some() {
+            c.registry = self.registry;
+        }
+        // Jobs persist by default (like MLflow's ./mlruns), unless asked not to.
+        if self.in_memory_jobs {
+            c.state_dir = None;
+        } else if self.state_dir.is_some() {
+            c.state_dir = self.state_dir;
+        } else if c.state_dir.is_none() {
+            c.state_dir = Some(PathBuf::from("encore-state"));
+        }
         if self.external_host.is_some() {
             c.external_host = self.external_host;
         }

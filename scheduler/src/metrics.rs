@@ -27,6 +27,10 @@ pub struct SchedulerMetrics {
     pub jobs_running: IntGauge,
     /// Queries cancelled because an executor was lost while they ran.
     pub queries_cancelled_executor_lost: prometheus::IntCounter,
+    /// Training jobs entering each state.
+    pub jobs_total: prometheus::IntCounterVec,
+    /// Training jobs in each state now (refreshed on scrape).
+    pub jobs: IntGaugeVec,
     uptime: prometheus::Gauge,
     /// gRPC calls by method and code (recorded by the layer on the gRPC routes).
     pub grpc: Arc<GrpcMetrics>,
@@ -58,6 +62,17 @@ impl SchedulerMetrics {
             "encore_scheduler_queries_cancelled_executor_lost_total",
             "Queries cancelled because an executor was lost while they ran",
         )?;
+        let jobs_total = prometheus::IntCounterVec::new(
+            Opts::new(
+                "encore_scheduler_jobs_total",
+                "Training jobs entering each state (queued counts submissions and retries)",
+            ),
+            &["state"],
+        )?;
+        let jobs = IntGaugeVec::new(
+            Opts::new("encore_scheduler_jobs", "Training jobs in each state"),
+            &["state"],
+        )?;
         let uptime = prometheus::Gauge::new(
             "encore_scheduler_uptime_seconds",
             "Seconds since the scheduler started",
@@ -67,6 +82,8 @@ impl SchedulerMetrics {
         registry.register(Box::new(jobs_pending.clone()))?;
         registry.register(Box::new(jobs_running.clone()))?;
         registry.register(Box::new(queries_cancelled_executor_lost.clone()))?;
+        registry.register(Box::new(jobs_total.clone()))?;
+        registry.register(Box::new(jobs.clone()))?;
         registry.register(Box::new(uptime.clone()))?;
         let grpc = Arc::new(GrpcMetrics::new(&registry, "encore_scheduler")?);
         Ok(Self {
@@ -76,6 +93,8 @@ impl SchedulerMetrics {
             jobs_pending,
             jobs_running,
             queries_cancelled_executor_lost,
+            jobs_total,
+            jobs,
             uptime,
             grpc,
         })

@@ -10,12 +10,15 @@ use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::scheduler_process::create_scheduler;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use encore_common::process::ServerTask;
+use encore_proto::encore::v1::job_worker_server::JobWorkerServer;
+use encore_proto::encore::v1::jobs_server::JobsServer;
 use tonic::service::RoutesBuilder;
 use tracing::info;
 
 use crate::config::SchedulerConfig;
 use crate::error::{Error, Result};
 use crate::http::{self, AppState};
+use crate::jobs::{JobService, JobSettings, JobStore, spec::Defaults};
 use crate::metrics::SchedulerMetrics;
 
 /// A running scheduler. Dropping it stops the server.
@@ -65,6 +68,22 @@ pub async fn start_scheduler(config: SchedulerConfig) -> Result<SchedulerHandle>
         create_scheduler::<LogicalPlanNode, PhysicalPlanNode>(cluster, ballista_config.clone())
             .await?;
     let metrics = Arc::new(SchedulerMetrics::new()?);
+    let store = match &config.state_dir {
+        Some(dir) => JobStore::open(dir)?,
+        None => JobStore::in_memory()?,
+    };
+    let jobs = JobService::new(
+        store,
+        JobSettings {
+            lease: std::time::Duration::from_secs_f64(config.job_lease_seconds),
+            defaults: Defaults {
+                registry: config.registry.clone(),
+                max_attempts: config.job_max_attempts,
+            },
+        },
+        metrics.jobs_total.clone(),
+    );
+    let reaper = jobs.spawn_lease_reaper();
 
     let max_message = config.grpc_max_message_bytes as usize;
     let mut grpc = RoutesBuilder::default();
@@ -84,6 +103,8 @@ pub async fn start_scheduler(config: SchedulerConfig) -> Result<SchedulerHandle>
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message),
     );
+    grpc.add_service(JobsServer::new(jobs.clone()));
+    grpc.add_service(JobWorkerServer::new(jobs.clone()));
     let grpc = grpc
         .routes()
         .into_axum_router()
@@ -99,12 +120,18 @@ pub async fn start_scheduler(config: SchedulerConfig) -> Result<SchedulerHandle>
     ));
     let app = ballista_scheduler::api::get_routes(scheduler.clone())
         .merge(grpc)
-        .merge(http::routes(AppState { scheduler, metrics }));
+        .merge(http::routes(AppState {
+            scheduler,
+            metrics,
+            jobs,
+        }));
 
     let advertised = format!("{}:{}", config.advertised_host(), addr.port());
     info!(%addr, url = %format!("df://{advertised}"), "encore scheduler listening");
 
     let server = ServerTask::spawn(|stop| async move {
+        // The reaper lives as long as the server.
+        let _reaper = AbortOnDrop(reaper);
         axum::serve(
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -118,4 +145,13 @@ pub async fn start_scheduler(config: SchedulerConfig) -> Result<SchedulerHandle>
         advertised,
         server,
     })
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -6,6 +6,7 @@ pub mod demo;
 pub mod features;
 pub mod import;
 pub mod ingest;
+pub mod jobs;
 pub mod models;
 pub mod segments;
 pub mod sql;

@@ -1,25 +1,33 @@
-//! `encore train churn`: a training job run from the command line.
+//! `encore train churn`: submit a training job and follow it.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use chrono::NaiveDate;
-use encore_executor::training::{ChurnJob, Progress, Promotion, train_churn};
+use encore_executor::ExecutorConfig;
+use encore_executor::training::Promotion;
 use encore_models::churn::ChurnConfig;
+use encore_proto::encore::v1::{JobKind, JobSpec, SubmitJobRequest};
+use encore_scheduler::SchedulerConfig;
 
-use crate::cluster;
+use super::jobs;
+use crate::cluster::{LocalCluster, Target};
 
 /// Train a model on the canonical tables at a cutoff and register it.
 ///
-/// Features come from the point-in-time plans (through --scheduler, or an
-/// in-process cluster); training runs in this process with libtorch (CUDA
-/// when available). The version is published in the registry with its
-/// metrics, TorchScript model and online snapshot, and becomes `production`
-/// when it beats the current one (--promote).
+/// The job goes to the scheduler's job service (--scheduler), or to an
+/// in-process cluster started for it. An executor computes the features
+/// with the point-in-time plans through the cluster, trains with libtorch
+/// (CUDA when available), evaluates on held-out users and publishes a
+/// version in the registry with its metrics, TorchScript model and online
+/// snapshot; it becomes `production` when it beats the current one
+/// (--promote). Progress shows on stderr; --detach prints the job id and
+/// returns at once (follow it with `encore jobs watch`).
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:\n  \
     encore train churn --data data --cutoff 2026-03-01 --registry registry\n  \
+    encore train churn --data /srv/data --cutoff 2026-03-01 --scheduler df://10.0.0.5:50050 --detach\n  \
     encore train churn --data data --cutoff 2026-03-01 --registry registry --set epochs=10 --set lr=0.001\n  \
     encore train churn --data data --cutoff 2026-03-01 --registry registry --config churn.toml --promote never")]
 pub struct Args {
@@ -32,13 +40,14 @@ pub struct Args {
     /// The cutoff T, YYYY-MM-DD: features before it, labels after it.
     #[arg(long)]
     pub cutoff: NaiveDate,
-    /// Model registry folder.
+    /// Model registry folder (default with --scheduler: the scheduler's).
     #[arg(long, env = "ENCORE_REGISTRY")]
-    pub registry: PathBuf,
+    pub registry: Option<PathBuf>,
     /// Name to register under (default: the kind).
     #[arg(long)]
     pub name: Option<String>,
-    /// Scheduler computing the features, e.g. df://127.0.0.1:50050.
+    /// Scheduler to submit the job to, e.g. df://127.0.0.1:50050 (default:
+    /// an in-process cluster for this one job).
     #[arg(long, env = "ENCORE_SCHEDULER_URL")]
     pub scheduler: Option<String>,
     /// Training settings as TOML (keys as for --set).
@@ -55,96 +64,113 @@ pub struct Args {
     /// held-out AUC at the longest horizon beats production's) or always.
     #[arg(long, default_value = "if-better")]
     pub promote: Promotion,
-    /// Train on the CPU even when CUDA is available.
+    /// Train on the CPU even when CUDA is available (in-process cluster only;
+    /// a scheduler's executors decide for themselves).
     #[arg(long)]
     pub cpu: bool,
+    /// Attempts before the job fails (default: the scheduler's, 3).
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// Print the job id and return without waiting (needs --scheduler).
+    #[arg(long, requires = "scheduler")]
+    pub detach: bool,
 }
 
-fn config(args: &Args) -> anyhow::Result<ChurnConfig> {
-    let mut config = match &args.config {
+/// The spec's config_toml and hyperparameters, checked here first so
+/// mistakes fail before anything is submitted.
+fn settings(args: &Args) -> anyhow::Result<(String, HashMap<String, String>)> {
+    let text = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("--config {}", path.display()))?;
-            toml::from_str(&text).with_context(|| format!("--config {}", path.display()))?
+            std::fs::read_to_string(path).with_context(|| format!("--config {}", path.display()))?
         }
-        None => ChurnConfig::default(),
+        None => String::new(),
     };
+    let mut config: ChurnConfig = if text.trim().is_empty() {
+        ChurnConfig::default()
+    } else {
+        toml::from_str(&text).with_context(|| {
+            format!(
+                "--config {}",
+                args.config
+                    .as_ref()
+                    .map_or(String::new(), |p| p.display().to_string())
+            )
+        })?
+    };
+    let mut hyperparameters = HashMap::new();
     for pair in &args.set {
         let (key, value) = pair
             .split_once('=')
             .with_context(|| format!("--set '{pair}': expected KEY=VALUE"))?;
         config.set(key.trim(), value.trim())?;
+        hyperparameters.insert(key.trim().to_owned(), value.trim().to_owned());
     }
     config.validate()?;
-    Ok(config)
+    Ok((text, hyperparameters))
+}
+
+fn absolute(flag: &str, path: &Path) -> anyhow::Result<String> {
+    let path = std::path::absolute(path).with_context(|| format!("{flag} {}", path.display()))?;
+    Ok(path.display().to_string())
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let config = config(&args)?;
-    let job = ChurnJob {
-        job_id: format!("cli-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S")),
-        data: args.data.clone(),
-        cutoff: args.cutoff,
-        registry: args.registry.clone(),
-        model_name: args.name.clone().unwrap_or_else(|| args.kind.clone()),
-        horizons: args.horizons.clone(),
-        config,
-        promotion: args.promote,
-        device: if args.cpu {
-            tch::Device::Cpu
-        } else {
-            encore_models::default_device()
+    let (config_toml, hyperparameters) = settings(&args)?;
+    let spec = JobSpec {
+        data_uri: absolute("--data", &args.data)?,
+        cutoff: args.cutoff.format("%Y-%m-%d").to_string(),
+        registry_uri: match &args.registry {
+            Some(r) => absolute("--registry", r)?,
+            None if args.scheduler.is_none() => {
+                anyhow::bail!("--registry is required without --scheduler")
+            }
+            None => String::new(),
         },
+        model_name: args.name.clone().unwrap_or_default(),
+        horizons_days: args.horizons.clone(),
+        hyperparameters,
+        config_toml,
+        max_attempts: args.max_attempts.unwrap_or(0),
+        promote: match args.promote {
+            Promotion::Never => "never",
+            Promotion::IfBetter => "if-better",
+            Promotion::Always => "always",
+        }
+        .into(),
     };
-    let target = cluster::Target::start(args.scheduler.as_deref(), 0, None).await?;
-    let result = train(&job, &target.url).await;
+    let target = match &args.scheduler {
+        Some(url) => Target::start(Some(url), 0, None).await?,
+        None => {
+            let executor = ExecutorConfig {
+                training_cpu_only: args.cpu,
+                job_poll_interval_ms: 100,
+                ..ExecutorConfig::default().with_free_ports()
+            };
+            let local =
+                LocalCluster::start(SchedulerConfig::default().with_bind_port(0), executor).await?;
+            Target::local(local)
+        }
+    };
+    let result = submit(&target.url, spec, args.detach).await;
     target.finish(result).await
 }
 
-async fn train(job: &ChurnJob, url: &str) -> anyhow::Result<()> {
-    let ctx = cluster::connect(url).await?;
-    let bar = indicatif::ProgressBar::new_spinner();
-    bar.enable_steady_tick(std::time::Duration::from_millis(120));
-    let style = indicatif::ProgressStyle::with_template(
-        "{spinner} {msg} [{bar:30}] epoch {pos}/{len} {elapsed}",
-    )
-    .expect("template");
-    let mut on_progress = |p: Progress| {
-        match p {
-            Progress::Stage(stage) => {
-                bar.set_message(stage);
-            }
-            Progress::Epoch(r) => {
-                if bar.length().is_none() {
-                    bar.set_style(style.clone());
-                    bar.set_length(u64::from(r.total_epochs));
-                }
-                bar.set_position(u64::from(r.epoch));
-                bar.set_message(format!(
-                    "training: loss {:.4}, validation {:.4}, {:.0} samples/s",
-                    r.loss, r.validation_loss, r.samples_per_second
-                ));
-            }
-        }
-        true
-    };
-    let trained = train_churn(&ctx, job, &mut on_progress).await;
-    bar.finish_and_clear();
-    let trained = trained?;
-    println!(
-        "registered {}:{} from {} labelled users{}",
-        job.model_name,
-        trained.version,
-        trained.rows,
-        if trained.promoted {
-            " (now production)"
-        } else {
-            ""
-        }
-    );
-    let metrics: BTreeMap<_, _> = trained.metrics.iter().collect();
-    for (name, value) in metrics {
-        println!("  {name:<20} {value:.4}");
+async fn submit(url: &str, spec: JobSpec, detach: bool) -> anyhow::Result<()> {
+    let mut client = jobs::connect(url).await?;
+    let id = client
+        .submit_job(SubmitJobRequest {
+            kind: JobKind::Churn as i32,
+            spec: Some(spec),
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.message()))?
+        .into_inner()
+        .job_id;
+    if detach {
+        println!("{id}");
+        return Ok(());
     }
-    Ok(())
+    eprintln!("submitted {id}");
+    let job = jobs::watch(&mut client, &id).await?;
+    jobs::finish(&job)
 }

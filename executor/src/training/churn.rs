@@ -14,7 +14,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use datafusion::prelude::SessionContext;
 use encore_features::plans::{self, Inputs, PlanParams};
-use encore_models::churn::{self as model, ChurnConfig, ChurnData, ChurnSchema};
+use encore_models::churn::{self as model, ChurnConfig, ChurnData, ChurnSchema, TrainControl};
 use encore_models::registry::{self, Feature, Manifest, Registry, RiskTiers, TensorSpec};
 use tch::{Device, Tensor};
 
@@ -47,6 +47,8 @@ pub struct ChurnJob {
     pub promotion: Promotion,
     /// Where to train.
     pub device: Device,
+    /// Checkpoint folder and cancel flag.
+    pub control: TrainControl,
 }
 
 /// What a finished job produced.
@@ -60,6 +62,8 @@ pub struct Trained {
     pub promoted: bool,
     /// Labelled users (train + validation + test).
     pub rows: usize,
+    /// The checkpointed epoch training resumed after, if it resumed.
+    pub resumed_after: Option<u32>,
 }
 
 impl ChurnJob {
@@ -182,9 +186,15 @@ pub async fn train_churn(
     };
 
     stage(progress, "training")?;
-    let trained = model::train(schema, &train, &validation, &job.config, job.device, |r| {
-        progress(Progress::Epoch(*r))
-    })
+    let trained = model::train(
+        schema,
+        &train,
+        &validation,
+        &job.config,
+        job.device,
+        &job.control,
+        |r| progress(Progress::Epoch(*r)),
+    )
     .map_err(|e| match e {
         encore_models::Error::Cancelled => TrainError::Cancelled,
         e => TrainError::Model(e),
@@ -284,6 +294,7 @@ pub async fn train_churn(
         metrics,
         promoted,
         rows: rows.rows(),
+        resumed_after: trained.resumed_after,
     })
 }
 

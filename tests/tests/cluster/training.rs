@@ -75,7 +75,7 @@ fn train_registers_versions_and_models_promote_and_roll_back() {
         ),
         (vec!["--set", "epochs"], "expected KEY=VALUE"),
         (vec!["--set", "batch_size=0"], "batch_size = 0"),
-        (vec!["--horizons", "30,7"], "ascending"),
+        (vec!["--horizons", "7,400"], "400 is outside 1..=365"),
     ] {
         let (code, _, err) = train(&args);
         assert_eq!(code, 1, "{args:?}: {err}");

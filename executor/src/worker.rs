@@ -1,0 +1,373 @@
+//! The training worker: takes jobs from the scheduler's `JobWorker`
+//! service, runs them with the [`crate::training`] pipelines, reports
+//! progress (which also renews the job's lease), and completes them.
+//!
+//! Each job runs on its own OS thread with its own small tokio runtime, so
+//! libtorch's long synchronous steps never stall the executor's Ballista
+//! tasks. Features are computed through the cluster (`SessionContext::remote`
+//! on the scheduler), so this executor and its peers share the work.
+//!
+//! Cancellation: a progress report answered with `cancel_requested` (or
+//! `lease_lost`) sets the job's cancel flag, which training checks before
+//! every mini-batch and the pipeline at every stage.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use ballista::prelude::SessionContextExt;
+use chrono::NaiveDate;
+use datafusion::prelude::SessionContext;
+use encore_models::churn::{ChurnConfig, TrainControl};
+use encore_proto::encore::v1::job_worker_client::JobWorkerClient;
+use encore_proto::encore::v1::{
+    ClaimJobRequest, CompleteJobRequest, Job, JobKind, JobOutcome, JobProgress, RegisteredModel,
+    ReportProgressRequest,
+};
+use tokio::sync::{mpsc, oneshot};
+use tonic::transport::Channel;
+use tracing::{info, warn};
+
+use crate::training::{ChurnJob, Progress, Promotion, TrainError, train_churn};
+
+/// How the worker finds and runs jobs.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Scheduler host.
+    pub scheduler_host: String,
+    /// Scheduler port (Ballista gRPC and the job services share it).
+    pub scheduler_port: u16,
+    /// This executor's id, as registered with Ballista.
+    pub executor_id: String,
+    /// How often to ask for a job while idle.
+    pub poll_interval: Duration,
+    /// libtorch threads for training (0: libtorch's default).
+    pub threads: usize,
+    /// Train on the CPU even when CUDA is available.
+    pub cpu_only: bool,
+}
+
+/// One message from the training thread to the reporter.
+enum Update {
+    Stage(String),
+    Epoch(encore_models::churn::EpochReport),
+}
+
+/// The result of one attempt, as the scheduler will hear it.
+struct Ending {
+    outcome: JobOutcome,
+    error: String,
+    retryable: bool,
+    metrics: HashMap<String, f64>,
+    registered: Option<RegisteredModel>,
+}
+
+/// Runs the worker until the process ends.
+pub async fn run(config: WorkerConfig) {
+    let endpoint = format!("http://{}:{}", config.scheduler_host, config.scheduler_port);
+    let channel = match Channel::from_shared(endpoint.clone()) {
+        Ok(c) => c.connect_lazy(),
+        Err(e) => {
+            warn!("training worker disabled: scheduler address {endpoint}: {e}");
+            return;
+        }
+    };
+    let mut client = JobWorkerClient::new(channel);
+    info!(executor = %config.executor_id, "training worker polling {endpoint} for jobs");
+    loop {
+        let claimed = client
+            .claim_job(ClaimJobRequest {
+                executor_id: config.executor_id.clone(),
+                kinds: vec![JobKind::Churn as i32],
+            })
+            .await;
+        match claimed {
+            Ok(r) => {
+                let r = r.into_inner();
+                if let Some(job) = r.job {
+                    let lease = Duration::from_millis(r.lease_ms.max(500));
+                    let checkpoint = PathBuf::from(r.checkpoint_uri);
+                    run_job(&config, &mut client, job, lease, checkpoint).await;
+                    continue;
+                }
+            }
+            // The scheduler is restarting or unreachable: try again later.
+            Err(e) => tracing::debug!("claiming a job: {}", e.message()),
+        }
+        tokio::time::sleep(config.poll_interval).await;
+    }
+}
+
+/// The job's pipeline settings from its spec; the error is the reason the
+/// job fails (without retrying).
+fn churn_job(config: &WorkerConfig, job: &Job, control: TrainControl) -> Result<ChurnJob, String> {
+    let spec = job.spec.clone().unwrap_or_default();
+    let cutoff = NaiveDate::parse_from_str(&spec.cutoff, "%Y-%m-%d")
+        .map_err(|e| format!("cutoff '{}': {e}", spec.cutoff))?;
+    let mut churn = if spec.config_toml.trim().is_empty() {
+        ChurnConfig::default()
+    } else {
+        toml::from_str::<ChurnConfig>(&spec.config_toml)
+            .map_err(|e| format!("config_toml: {}", e.message()))?
+    };
+    let mut keys: Vec<_> = spec.hyperparameters.iter().collect();
+    keys.sort();
+    for (key, value) in keys {
+        churn
+            .set(key, value)
+            .map_err(|e| format!("hyperparameter {key}={value}: {e}"))?;
+    }
+    churn.validate().map_err(|e| e.to_string())?;
+    let promotion = match spec.promote.as_str() {
+        "" => Promotion::IfBetter,
+        p => p.parse()?,
+    };
+    Ok(ChurnJob {
+        job_id: job.id.clone(),
+        data: PathBuf::from(&spec.data_uri),
+        cutoff,
+        registry: PathBuf::from(&spec.registry_uri),
+        model_name: spec.model_name,
+        horizons: spec.horizons_days,
+        config: churn,
+        promotion,
+        device: if config.cpu_only {
+            tch::Device::Cpu
+        } else {
+            encore_models::default_device()
+        },
+        control,
+    })
+}
+
+/// Whether another attempt could succeed after `e`.
+fn retryable(e: &TrainError) -> bool {
+    use encore_models::Error as M;
+    match e {
+        TrainError::InvalidJob(_)
+        | TrainError::EmptyData(_)
+        | TrainError::Plan(_)
+        | TrainError::Cancelled => false,
+        TrainError::Model(m) => matches!(m, M::Io { .. } | M::Torch(_)),
+        TrainError::Query(_)
+        | TrainError::Arrow(_)
+        | TrainError::Registry(_)
+        | TrainError::Artifact { .. } => true,
+    }
+}
+
+/// Trains `job` on a thread of its own; updates go to `updates`.
+fn spawn_training(
+    scheduler: String,
+    job: ChurnJob,
+    threads: usize,
+    updates: mpsc::UnboundedSender<Update>,
+    cancel: Arc<AtomicBool>,
+) -> oneshot::Receiver<Ending> {
+    let (done_tx, done_rx) = oneshot::channel();
+    let name = format!("train-{}", job.job_id);
+    let spawned = std::thread::Builder::new().name(name).spawn(move || {
+        if threads > 0 {
+            tch::set_num_threads(threads as i32);
+        }
+        let ending = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(async {
+                let ctx = SessionContext::remote(&scheduler).await.map_err(|e| {
+                    TrainError::Query(datafusion::error::DataFusionError::External(
+                        format!("cannot open a session on the scheduler {scheduler}: {e}").into(),
+                    ))
+                })?;
+                let mut on_progress = |p: Progress| {
+                    let _ = updates.send(match p {
+                        Progress::Stage(s) => Update::Stage(s),
+                        Progress::Epoch(r) => Update::Epoch(r),
+                    });
+                    !cancel.load(Ordering::Relaxed)
+                };
+                train_churn(&ctx, &job, &mut on_progress).await
+            }),
+            Err(e) => Err(TrainError::Artifact {
+                path: "tokio runtime".into(),
+                reason: e.to_string(),
+            }),
+        };
+        let ending = match ending {
+            Ok(trained) => {
+                // The model is registered; its checkpoints are done with.
+                if let Some(dir) = &job.control.checkpoint_dir {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+                Ending {
+                    outcome: JobOutcome::Succeeded,
+                    error: String::new(),
+                    retryable: false,
+                    metrics: trained.metrics.into_iter().collect(),
+                    registered: Some(RegisteredModel {
+                        name: job.model_name.clone(),
+                        version: trained.version,
+                        promoted: trained.promoted,
+                    }),
+                }
+            }
+            Err(TrainError::Cancelled) => Ending {
+                outcome: JobOutcome::Cancelled,
+                error: "cancelled".into(),
+                retryable: false,
+                metrics: HashMap::new(),
+                registered: None,
+            },
+            Err(e) => Ending {
+                outcome: JobOutcome::Failed,
+                retryable: retryable(&e),
+                error: e.to_string(),
+                metrics: HashMap::new(),
+                registered: None,
+            },
+        };
+        let _ = done_tx.send(ending);
+    });
+    if let Err(e) = spawned {
+        warn!("cannot start a training thread: {e}");
+    }
+    done_rx
+}
+
+async fn run_job(
+    config: &WorkerConfig,
+    client: &mut JobWorkerClient<Channel>,
+    job: Job,
+    lease: Duration,
+    checkpoint: PathBuf,
+) {
+    let (id, attempt) = (job.id.clone(), job.attempt);
+    info!(job = %id, attempt, "training job started");
+    let report = |progress: Option<JobProgress>, message: String, metrics: HashMap<String, f64>| {
+        ReportProgressRequest {
+            job_id: id.clone(),
+            attempt,
+            executor_id: config.executor_id.clone(),
+            progress,
+            metrics,
+            message,
+        }
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    let control = TrainControl {
+        checkpoint_dir: (!checkpoint.as_os_str().is_empty()).then_some(checkpoint.clone()),
+        cancel: Some(cancel.clone()),
+    };
+    let (tx, mut updates) = mpsc::unbounded_channel();
+    let mut done = match churn_job(config, &job, control) {
+        Ok(churn) => {
+            if let Some(epoch) = encore_models::checkpoint::latest_epoch(&checkpoint) {
+                let _ = tx.send(Update::Stage(format!(
+                    "resuming from the checkpoint after epoch {epoch}"
+                )));
+            }
+            let scheduler = format!("df://{}:{}", config.scheduler_host, config.scheduler_port);
+            spawn_training(scheduler, churn, config.threads, tx, cancel.clone())
+        }
+        Err(reason) => {
+            drop(tx);
+            let (done_tx, done_rx) = oneshot::channel();
+            let _ = done_tx.send(Ending {
+                outcome: JobOutcome::Failed,
+                error: format!("invalid job: {reason}"),
+                retryable: false,
+                metrics: HashMap::new(),
+                registered: None,
+            });
+            done_rx
+        }
+    };
+    // Heartbeats well inside the lease, so one lost report does not lose it.
+    let mut heartbeat = tokio::time::interval(lease / 4);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut lease_lost = false;
+    let mut updates_open = true;
+    let ending = loop {
+        let request = tokio::select! {
+            ending = &mut done => break ending.ok(),
+            update = updates.recv(), if updates_open => match update {
+                Some(Update::Stage(stage)) => report(None, stage, HashMap::new()),
+                Some(Update::Epoch(r)) => {
+                    let total_epochs = r.total_epochs;
+                    let progress = JobProgress {
+                        epoch: r.epoch,
+                        total_epochs,
+                        step: r.step,
+                        loss: r.loss,
+                        samples_per_second: r.samples_per_second,
+                    };
+                    let metrics = HashMap::from([("val_loss".to_owned(), r.validation_loss)]);
+                    report(Some(progress), format!("epoch {}/{total_epochs}", r.epoch), metrics)
+                }
+                None => {
+                    updates_open = false;
+                    continue;
+                }
+            },
+            _ = heartbeat.tick() => report(None, String::new(), HashMap::new()),
+        };
+        match client.report_progress(request).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                if r.lease_lost {
+                    warn!(job = %id, attempt, "lost the job's lease; stopping this attempt");
+                    lease_lost = true;
+                }
+                if r.cancel_requested || r.lease_lost {
+                    cancel.store(true, Ordering::Relaxed);
+                }
+            }
+            Err(e) => warn!(job = %id, "progress report failed: {}", e.message()),
+        }
+    };
+    if lease_lost {
+        // Another attempt owns the job now; it must not hear from this one.
+        return;
+    }
+    let ending = ending.unwrap_or(Ending {
+        outcome: JobOutcome::Failed,
+        error: "the training thread stopped without a result".into(),
+        retryable: true,
+        metrics: HashMap::new(),
+        registered: None,
+    });
+    info!(job = %id, attempt, outcome = ?ending.outcome, error = %ending.error, "training job ended");
+    let request = CompleteJobRequest {
+        job_id: id.clone(),
+        attempt,
+        executor_id: config.executor_id.clone(),
+        outcome: ending.outcome as i32,
+        error: ending.error,
+        retryable: ending.retryable,
+        metrics: ending.metrics,
+        registered_model: ending.registered,
+    };
+    // The scheduler may be restarting: keep trying while the lease would
+    // still be ours.
+    let deadline = tokio::time::Instant::now() + lease;
+    loop {
+        match client.complete_job(request.clone()).await {
+            Ok(_) => return,
+            Err(e) if e.code() == tonic::Code::FailedPrecondition => {
+                warn!(job = %id, "completion refused: {}", e.message());
+                return;
+            }
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                warn!(job = %id, "completing the job failed, retrying: {}", e.message());
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                warn!(job = %id, "giving up completing the job: {}", e.message());
+                return;
+            }
+        }
+    }
+}
