@@ -183,9 +183,13 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Starts the scheduler on a free port with extra `args`.
+    /// Starts the scheduler on a free port with extra `args`; jobs are kept
+    /// in memory unless `args` name a `--state-dir`.
     pub fn start(args: &[&str]) -> anyhow::Result<Self> {
         let mut all = vec!["--bind-port".to_owned(), "0".to_owned()];
+        if !args.contains(&"--state-dir") {
+            all.push("--in-memory-jobs".to_owned());
+        }
         all.extend(args.iter().map(|s| s.to_string()));
         let (process, line) = Process::spawn("scheduler", &bin("encore-scheduler"), &all)?;
         // "encore-scheduler listening on df://127.0.0.1:PORT"

@@ -3,6 +3,7 @@
 
 mod cli;
 mod executor_loss;
+mod jobs;
 mod metrics;
 mod plans;
 mod shuffle;
