@@ -9,8 +9,13 @@ use encore_scheduler::SchedulerConfig;
 
 use crate::cluster::LocalCluster;
 
-/// Run a whole Encore cluster in this process: scheduler, executor and, with
-/// --registry, the model server.
+/// Run a whole Encore cluster in this process: scheduler (with the training
+/// job service), an executor that also trains, and, with --registry, the
+/// model server.
+///
+/// Training jobs (`encore train --scheduler`, `encore jobs`) are kept in
+/// --state-dir and survive a restart; --registry is also where jobs
+/// register models unless they name another registry.
 ///
 /// Prints the addresses it serves, then runs until Ctrl-C or SIGTERM.
 /// Point `encore sql --scheduler` or any Ballista client at the scheduler URL,
@@ -41,6 +46,13 @@ pub struct Args {
     /// Model registry to serve (KServe v2 gRPC); no model server without it.
     #[arg(long, env = "ENCORE_REGISTRY")]
     pub registry: Option<PathBuf>,
+    /// Folder of the training-job store (jobs.sqlite).
+    #[arg(
+        long,
+        env = "ENCORE_SCHEDULER_STATE_DIR",
+        default_value = "encore-state"
+    )]
+    pub state_dir: PathBuf,
     /// Model server port (KServe v2 gRPC); 0 picks a free one.
     #[arg(long, env = "ENCORE_MODEL_SERVER_BIND_PORT", default_value_t = 8001)]
     pub model_server_port: u16,
@@ -66,6 +78,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.memory_pool_size_bytes.is_some() {
         executor.memory_pool_size_bytes = args.memory_pool_size_bytes;
+    }
+    scheduler.state_dir = Some(args.state_dir.clone());
+    if let Some(registry) = &args.registry {
+        // A new cluster starts with an empty registry that jobs fill.
+        std::fs::create_dir_all(registry)
+            .with_context(|| format!("--registry {}", registry.display()))?;
+        scheduler.registry = Some(std::path::absolute(registry)?.display().to_string());
     }
     // Only the scheduler's port is public; the executor's are internal.
     let bind_host = scheduler.bind_host.clone();
@@ -112,6 +131,10 @@ pub fn print_addresses(cluster: &LocalCluster) {
     println!(
         "  http        {}/metrics  /healthz  /readyz  /api/jobs",
         s.http_url()
+    );
+    println!(
+        "  jobs        {}   (encore.v1.Jobs; encore train --scheduler, encore jobs)",
+        s.url()
     );
     println!(
         "  executor    {}   flight {}  metrics {}/metrics",

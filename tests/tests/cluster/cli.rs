@@ -176,6 +176,7 @@ fn every_command_has_help_with_an_example() {
         "datagen",
         "features",
         "train",
+        "jobs",
         "models",
     ] {
         let (code, out, err) = encore(&[cmd, "--help"]).unwrap();
@@ -200,10 +201,17 @@ fn every_command_has_help_with_an_example() {
 
 #[test]
 fn standalone_serves_sql_and_stops_on_sigterm() {
+    let (_state, state) = temp_path("state");
     let (mut process, line) = encore_tests::Process::spawn(
         "standalone",
         &encore_tests::bin("encore"),
-        &["standalone".into(), "--bind-port".into(), "0".into()],
+        &[
+            "standalone".into(),
+            "--bind-port".into(),
+            "0".into(),
+            "--state-dir".into(),
+            state.display().to_string(),
+        ],
     )
     .unwrap();
     let url = line

@@ -22,10 +22,10 @@ use encore_tests::{Executor, Scheduler, encore, metric_value};
 use tonic::transport::Channel;
 
 /// Plays from 2025-12-xx for 60 days: the cutoff leaves room for 30-day labels.
-const CUTOFF: &str = "2026-01-25";
+pub const CUTOFF: &str = "2026-01-25";
 
 /// 1,500 generated users over 60 days, shared by the tests here.
-fn data() -> &'static Path {
+pub fn data() -> &'static Path {
     static DATA: OnceLock<tempfile::TempDir> = OnceLock::new();
     DATA.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
@@ -40,7 +40,7 @@ fn data() -> &'static Path {
     .path()
 }
 
-fn data_uri() -> String {
+pub fn data_uri() -> String {
     data().join("data").display().to_string()
 }
 

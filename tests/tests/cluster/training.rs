@@ -98,3 +98,67 @@ fn train_registers_versions_and_models_promote_and_roll_back() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+/// `encore standalone` runs training jobs: `encore train --scheduler
+/// --detach` submits one, `encore jobs watch` follows it to the end.
+#[test]
+fn train_submits_to_a_standalone_cluster_and_jobs_follow_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = dir.path().join("registry").display().to_string();
+    let state = dir.path().join("state").display().to_string();
+    let (_standalone, line) = encore_tests::Process::spawn(
+        "standalone",
+        &encore_tests::bin("encore"),
+        &[
+            "standalone".into(),
+            "--bind-port".into(),
+            "0".into(),
+            "--state-dir".into(),
+            state,
+            "--registry".into(),
+            registry.clone(),
+            "--model-server-port".into(),
+            "0".into(),
+        ],
+    )
+    .unwrap();
+    let url = line.split_whitespace().last().unwrap().to_owned();
+    assert!(url.starts_with("df://"), "{line}");
+    let data = crate::jobs::data_uri();
+    let (code, out, err) = encore(&[
+        "train",
+        "churn",
+        "--data",
+        &data,
+        "--cutoff",
+        crate::jobs::CUTOFF,
+        "--scheduler",
+        &url,
+        "--set",
+        "epochs=2",
+        "--detach",
+    ])
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let id = out.trim().to_owned();
+    assert!(id.starts_with("job-"), "{out}");
+    let (code, out, err) = encore(&["jobs", "watch", &id, "--scheduler", &url]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("{id}: registered churn:1 (now production)")),
+        "{out}"
+    );
+    assert!(out.contains("auc_30d"), "{out}");
+    assert!(
+        std::path::Path::new(&registry)
+            .join("churn/1/model.pt")
+            .is_file()
+    );
+    let (code, out, _) =
+        encore(&["jobs", "list", "--state", "succeeded", "--scheduler", &url]).unwrap();
+    assert_eq!(code, 0);
+    assert!(out.contains(&id), "{out}");
+    let (code, _, err) = encore(&["jobs", "list", "--state", "done", "--scheduler", &url]).unwrap();
+    assert_eq!(code, 2, "clap rejects an unknown state");
+    assert!(err.contains("expected queued, running"), "{err}");
+}
