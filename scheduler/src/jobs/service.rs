@@ -95,7 +95,7 @@ fn internal(e: StoreError) -> Status {
 
 /// The event describing `job` now.
 fn event_of(job: &Job, state_changed: bool, message: String) -> JobEvent {
-    let progress = job.progress.clone().unwrap_or_default();
+    let progress = job.progress.unwrap_or_default();
     JobEvent {
         job_id: job.id.clone(),
         state: job.state,
