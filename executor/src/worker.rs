@@ -285,8 +285,9 @@ async fn run_job(
             done_rx
         }
     };
-    // Heartbeats well inside the lease, so one lost report does not lose it.
-    let mut heartbeat = tokio::time::interval(lease / 4);
+    // Heartbeats well inside the lease, so one lost report does not lose it,
+    // and often enough that a cancellation is heard within seconds.
+    let mut heartbeat = tokio::time::interval((lease / 4).min(Duration::from_secs(2)));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lease_lost = false;
     let mut updates_open = true;

@@ -690,6 +690,83 @@ pub async fn churn_labels(ctx: &SessionContext, p: &PlanParams) -> Result<DataFr
     Ok(ctx.sql(&churn_labels_sql(p)?).await?)
 }
 
+/// Per-customer purchase features from `payments` before T, for retail
+/// data without plays (CDNOW): what buy-till-you-die models use (repeat
+/// purchase days, recency, age, spend) plus purchase days and spend in each
+/// window. Purchases on the same day count once, as BG/NBD counts them.
+/// One row per customer with a purchase before T.
+pub fn purchase_features_sql(p: &PlanParams) -> Result<String> {
+    p.check()?;
+    let t = p.t();
+    let mut windows = Vec::new();
+    for w in &p.windows {
+        windows.push(format!(
+            "           count(*) FILTER (WHERE day >= {t} - INTERVAL '{w} days') AS purchase_days_{w}d,
+           coalesce(sum(amount) FILTER (WHERE day >= {t} - INTERVAL '{w} days'), 0) AS spend_{w}d"
+        ));
+    }
+    Ok(format!(
+        "-- purchase features at {cutoff}; reads payments before T
+WITH days AS (
+    SELECT user_id, date_trunc('day', ts) AS day, sum(amount) AS amount,
+           sum(coalesce(quantity, 1)) AS quantity
+    FROM payments
+    WHERE ts < {t}{consent}
+    GROUP BY user_id, date_trunc('day', ts)
+)
+SELECT user_id,
+       count(*) - 1 AS repeat_purchase_days,
+       CAST(to_unixtime({t}) - to_unixtime(max(day)) AS DOUBLE) / 86400.0 AS days_since_purchase,
+       CAST(to_unixtime({t}) - to_unixtime(min(day)) AS DOUBLE) / 86400.0 AS days_since_first_purchase,
+       CAST(to_unixtime(max(day)) - to_unixtime(min(day)) AS DOUBLE) / 86400.0 AS purchase_span_days,
+       sum(amount) AS spend_total,
+       avg(amount) AS spend_per_purchase_day,
+       max(amount) AS spend_max_day,
+       sum(quantity) AS quantity_total,
+{windows}
+FROM days
+GROUP BY user_id",
+        cutoff = p.cutoff,
+        consent = p.consent("user_id"),
+        windows = windows.join(",\n"),
+    ))
+}
+
+/// Per customer with a purchase before T: `no_purchase_{{h}}d` is true when
+/// they buy nothing in [T, T + h days) — the retail form of churn (CDNOW's
+/// holdout question, "any purchase in the next 39 weeks", is its negation).
+pub fn purchase_labels_sql(p: &PlanParams) -> Result<String> {
+    p.check()?;
+    let t = p.t();
+    let longest = p.horizons.iter().max().copied().unwrap_or(30);
+    let labels: Vec<String> = p
+        .horizons
+        .iter()
+        .map(|h| {
+            format!(
+                "       count(f.ts) FILTER (WHERE f.ts < {t} + INTERVAL '{h} days') = 0 AS no_purchase_{h}d,
+       count(f.ts) FILTER (WHERE f.ts < {t} + INTERVAL '{h} days') AS purchases_{h}d"
+            )
+        })
+        .collect();
+    Ok(format!(
+        "-- purchase labels at {cutoff}; reads payments before T (who) and in [T, T + {longest} days)
+WITH customers AS (
+    SELECT DISTINCT user_id FROM payments WHERE ts < {t}{consent}
+),
+future AS (
+    SELECT user_id, ts FROM payments WHERE ts >= {t} AND ts < {t} + INTERVAL '{longest} days'
+)
+SELECT c.user_id,
+{labels}
+FROM customers c LEFT JOIN future f ON f.user_id = c.user_id
+GROUP BY c.user_id",
+        cutoff = p.cutoff,
+        consent = p.consent("user_id"),
+        labels = labels.join(",\n"),
+    ))
+}
+
 /// What a column of the plans means, for manifests and `--help`.
 pub fn describe(column: &str) -> Option<String> {
     if column == "user_id" {

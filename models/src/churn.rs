@@ -175,7 +175,8 @@ impl ChurnData {
         self.len() == 0
     }
 
-    fn rows(&self, index: &Tensor) -> Self {
+    /// The rows at `index` (an Int64 tensor of row numbers).
+    pub fn rows(&self, index: &Tensor) -> Self {
         Self {
             numeric: self.numeric.index_select(0, index),
             categorical: self.categorical.index_select(0, index),

@@ -3,6 +3,7 @@
 pub mod clean;
 pub mod datagen;
 pub mod demo;
+pub mod eval;
 pub mod features;
 pub mod import;
 pub mod ingest;

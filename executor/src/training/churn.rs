@@ -107,7 +107,7 @@ async fn play_span(ctx: &SessionContext) -> Result<(DateTime<Utc>, DateTime<Utc>
     Ok((at(0)?, at(1)?))
 }
 
-fn tensors(frame: &Frame, horizons: usize) -> ChurnData {
+pub(crate) fn tensors(frame: &Frame, horizons: usize) -> ChurnData {
     let n = frame.rows() as i64;
     ChurnData {
         numeric: Tensor::from_slice(&frame.numeric).reshape([n, frame.numeric_names.len() as i64]),

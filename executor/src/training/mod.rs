@@ -6,6 +6,7 @@
 //! writes the manifest and the online snapshot, and publishes the version.
 
 pub mod churn;
+pub mod eval;
 mod frame;
 
 use std::path::Path;

@@ -178,6 +178,7 @@ fn every_command_has_help_with_an_example() {
         "train",
         "jobs",
         "models",
+        "eval",
     ] {
         let (code, out, err) = encore(&[cmd, "--help"]).unwrap();
         assert_eq!(code, 0, "{cmd}: {err}");

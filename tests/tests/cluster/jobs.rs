@@ -432,10 +432,10 @@ async fn queued_jobs_survive_a_scheduler_restart() {
 async fn a_job_whose_executor_dies_is_requeued_and_resumes_from_its_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let registry: PathBuf = dir.path().join("registry");
-    // Short lease: the lost attempt is noticed after 3 s without a report.
+    // Short lease: the lost attempt is noticed after 5 s without a report.
     let scheduler = Scheduler::start(&[
         "--job-lease-seconds",
-        "3",
+        "5",
         "--executor-timeout-seconds",
         "8",
         "--expire-dead-executor-interval-seconds",

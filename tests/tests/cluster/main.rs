@@ -2,6 +2,7 @@
 //! `encore` binaries on 127.0.0.1 with free ports.
 
 mod cli;
+mod eval;
 mod executor_loss;
 mod jobs;
 mod metrics;

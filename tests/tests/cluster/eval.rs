@@ -1,0 +1,54 @@
+//! `encore eval` on public data (fetched by scripts/fetch-public-data.sh,
+//! which scripts/test.sh runs into target/public-data).
+
+use std::path::PathBuf;
+
+use encore_tests::encore;
+
+fn public_data() -> PathBuf {
+    let dir = std::env::var_os("ENCORE_PUBLIC_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/public-data"));
+    assert!(
+        dir.join("cdnow/CDNOW_master.txt").is_file(),
+        "{} has no cdnow/CDNOW_master.txt: run scripts/fetch-public-data.sh {} (scripts/test.sh does)",
+        dir.display(),
+        dir.display()
+    );
+    dir
+}
+
+/// The full CDNOW panel: every customer scored out of fold; the AUC of "any
+/// purchase in the 39-week holdout" must be in the range of the published
+/// baselines (BG/NBD 0.773, RFM logistic regression 0.769–0.778).
+#[test]
+fn cdnow_scores_every_customer_out_of_fold_near_the_baselines() {
+    let src = public_data().join("cdnow/CDNOW_master.txt");
+    let (code, out, err) =
+        encore(&["eval", "cdnow", "--src", src.to_str().unwrap(), "--cpu"]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("CDNOW: 23570 customers"), "{out}");
+    let auc: f64 = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("encore wide & deep"))
+        .and_then(|l| l.split_whitespace().rev().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no AUC in {out}"));
+    assert!(auc > 0.75 && auc < 0.95, "AUC {auc}\n{out}");
+
+    let (code, _, err) =
+        encore(&["eval", "cdnow", "--src", "/nonexistent/CDNOW_master.txt"]).unwrap();
+    assert_eq!(code, 1);
+    assert!(err.contains("/nonexistent/CDNOW_master.txt"), "{err}");
+    let (code, _, err) = encore(&[
+        "eval",
+        "cdnow",
+        "--src",
+        src.to_str().unwrap(),
+        "--folds",
+        "1",
+    ])
+    .unwrap();
+    assert_eq!(code, 1);
+    assert!(err.contains("folds 1"), "{err}");
+}
