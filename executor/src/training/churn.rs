@@ -117,6 +117,42 @@ pub(crate) fn tensors(frame: &Frame, horizons: usize) -> ChurnData {
     }
 }
 
+/// The user feature vector joined with the churn labels at `params`'
+/// cutoff (tables already registered): the label column names, the rows and
+/// the categorical vocabularies.
+pub(crate) async fn labelled_rows(
+    ctx: &SessionContext,
+    params: &PlanParams,
+    inputs: Inputs,
+) -> Result<(Vec<String>, Frame, Vocabularies), TrainError> {
+    let labels: Vec<String> = params
+        .horizons
+        .iter()
+        .map(|h| format!("churn_{h}d"))
+        .collect();
+    let sql = format!(
+        "SELECT * FROM ({}) f JOIN ({}) l USING (user_id) ORDER BY user_id",
+        plans::user_features_sql(params, inputs)?,
+        plans::churn_labels_sql(params)?
+    );
+    let batches = collect(ctx, &sql).await?;
+    if batches.iter().all(|b| b.num_rows() == 0) {
+        return Err(TrainError::EmptyData(format!(
+            "no labelled users at {}: nobody played in the {} days before it",
+            params.cutoff, params.lookback_days
+        )));
+    }
+    let (rows, vocab) = frame::build(&batches, &labels, None)?;
+    if rows.rows() < 20 {
+        return Err(TrainError::EmptyData(format!(
+            "only {} labelled users at {}: too few to train and evaluate",
+            rows.rows(),
+            params.cutoff
+        )));
+    }
+    Ok((labels, rows, vocab))
+}
+
 /// Runs the job on `ctx`; `progress` sees each stage and epoch and returns
 /// false to cancel.
 pub async fn train_churn(
@@ -150,27 +186,7 @@ pub async fn train_churn(
         horizons: job.horizons.clone(),
         ..PlanParams::at(job.cutoff)
     };
-    let labels: Vec<String> = job.horizons.iter().map(|h| format!("churn_{h}d")).collect();
-    let sql = format!(
-        "SELECT * FROM ({}) f JOIN ({}) l USING (user_id) ORDER BY user_id",
-        plans::user_features_sql(&params, inputs)?,
-        plans::churn_labels_sql(&params)?
-    );
-    let batches = collect(ctx, &sql).await?;
-    if batches.iter().all(|b| b.num_rows() == 0) {
-        return Err(TrainError::EmptyData(format!(
-            "no labelled users at {}: nobody played in the {} days before it",
-            job.cutoff, params.lookback_days
-        )));
-    }
-    let (rows, vocab) = frame::build(&batches, &labels, None)?;
-    if rows.rows() < 20 {
-        return Err(TrainError::EmptyData(format!(
-            "only {} labelled users at {}: too few to train and evaluate",
-            rows.rows(),
-            job.cutoff
-        )));
-    }
+    let (labels, rows, vocab) = labelled_rows(ctx, &params, inputs).await?;
     let all = tensors(&rows, labels.len());
     let (rest, test) = all.split(TEST_SHARE, job.config.seed);
     let (train, validation) =

@@ -52,3 +52,44 @@ fn cdnow_scores_every_customer_out_of_fold_near_the_baselines() {
     assert_eq!(code, 1);
     assert!(err.contains("folds 1"), "{err}");
 }
+
+/// Generated data with known churn probabilities: every horizon is
+/// reported with the model's and the oracle's AUC on the same users.
+#[test]
+fn synthetic_compares_the_model_with_the_generators_oracle() {
+    let (code, out, err) = encore(&[
+        "eval",
+        "synthetic",
+        "--users",
+        "3000",
+        "--days",
+        "60",
+        "--folds",
+        "3",
+        "--cpu",
+    ])
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|w| {
+            w.first()
+                .is_some_and(|h| h.ends_with('d') && h[..h.len() - 1].parse::<u32>().is_ok())
+        })
+        .collect();
+    assert_eq!(rows.len(), 3, "{out}");
+    for (row, horizon) in rows.iter().zip(["7d", "15d", "30d"]) {
+        assert_eq!(row[0], horizon, "{out}");
+        let (model, oracle, gap): (f64, f64, f64) = (
+            row[2].parse().unwrap(),
+            row[3].parse().unwrap(),
+            row[4].parse().unwrap(),
+        );
+        assert!(model > 0.65 && oracle > 0.65, "{out}");
+        assert!((oracle - model - gap).abs() < 0.002, "{out}");
+    }
+    let (code, _, err) = encore(&["eval", "synthetic", "--days", "20"]).unwrap();
+    assert_eq!(code, 1);
+    assert!(err.contains("--days 20"), "{err}");
+}
