@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod churn;
 pub mod error;
 pub mod metrics;
+pub mod recommend;
 pub mod registry;
 pub mod tensor;
 

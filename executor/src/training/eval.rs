@@ -13,6 +13,7 @@
 use std::path::Path;
 
 use chrono::NaiveDate;
+use datafusion::arrow::array::Array;
 use datafusion::prelude::SessionContext;
 use encore_features::plans::{self, PlanParams};
 use encore_features::tables::{self, TableSource};
@@ -338,5 +339,203 @@ pub async fn eval_synthetic(
         users: n,
         folds,
         horizons,
+    })
+}
+
+/// What `eval movielens` measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MovielensEval {
+    /// Users, items, ratings.
+    pub users: usize,
+    /// Items in the catalogue.
+    pub items: usize,
+    /// Ratings (all used as implicit feedback).
+    pub interactions: usize,
+    /// Test-split metrics @10, ranking every item the user has not rated in
+    /// the training or validation split.
+    pub test: encore_models::metrics::RankingAtK,
+    /// Validation recall@10 of the kept epoch.
+    pub validation_recall: f64,
+    /// Epochs run.
+    pub epochs: usize,
+}
+
+/// RecBole's per-user ratio split: sizes of (train, validation, test) for
+/// `n` interactions at 8:1:1.
+fn recbole_split(n: usize) -> (usize, usize, usize) {
+    let ratios = [0.8, 0.1, 0.1];
+    let mut cnt: Vec<usize> = ratios.iter().map(|r| (r * n as f64) as usize).collect();
+    cnt[0] = n - cnt[1] - cnt[2];
+    for i in 1..3 {
+        if cnt[0] <= 1 {
+            break;
+        }
+        let share = ratios[3 - i] * n as f64;
+        if share > 0.0 && share < 1.0 {
+            cnt[3 - i] += 1;
+            cnt[0] -= 1;
+        }
+    }
+    (cnt[0], cnt[1], cnt[2])
+}
+
+/// MovieLens-100K in RecBole's setting: every rating is an implicit
+/// interaction, each user's interactions are shuffled and split 8:1:1,
+/// and the two-tower model ranks the whole catalogue (minus what the user
+/// rated in training and validation) for Recall/NDCG/MRR/Hit@10 on the
+/// test split. `data` holds `encore import movielens` output.
+pub async fn eval_movielens(
+    ctx: &SessionContext,
+    data: &Path,
+    config: &encore_models::recommend::RecommendConfig,
+    device: Device,
+) -> Result<MovielensEval, TrainError> {
+    use encore_models::recommend::{self, RecData};
+    use std::collections::HashMap;
+    config.validate()?;
+    for name in ["interactions", "items"] {
+        let path = data.join(name);
+        if !path.is_dir() {
+            return Err(TrainError::InvalidJob(format!(
+                "data {}: no {name}/ table (import MovieLens with `encore import movielens` first)",
+                data.display()
+            )));
+        }
+        ctx.deregister_table(name)?;
+        tables::register(
+            ctx,
+            &TableSource {
+                name: name.into(),
+                path,
+            },
+        )
+        .await?;
+    }
+    let int64 =
+        |b: &datafusion::arrow::array::RecordBatch, c: usize| -> Result<Vec<i64>, TrainError> {
+            let a = datafusion::arrow::compute::cast(
+                b.column(c),
+                &datafusion::arrow::datatypes::DataType::Int64,
+            )?;
+            let a = a
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                .expect("cast to Int64");
+            Ok(a.iter().map(|v| v.unwrap_or(0)).collect())
+        };
+    // Items and their genre codes (dense, 0 = unknown).
+    let mut item_index: HashMap<i64, i64> = HashMap::new();
+    let mut genre_index: HashMap<String, i64> = HashMap::new();
+    let mut item_genre = Vec::new();
+    for b in ctx
+        .sql("SELECT item_id, CAST(genre AS VARCHAR) FROM items ORDER BY item_id")
+        .await?
+        .collect()
+        .await?
+    {
+        let ids = int64(&b, 0)?;
+        let genres = datafusion::arrow::compute::cast(
+            b.column(1),
+            &datafusion::arrow::datatypes::DataType::Utf8,
+        )?;
+        let genres = genres
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::StringArray>()
+            .expect("cast to Utf8");
+        for (r, id) in ids.into_iter().enumerate() {
+            let g = if genres.is_null(r) {
+                0
+            } else {
+                let next = genre_index.len() as i64 + 1;
+                *genre_index
+                    .entry(genres.value(r).to_owned())
+                    .or_insert(next)
+            };
+            let next = item_index.len() as i64;
+            if item_index.insert(id, next).is_none() {
+                item_genre.push(g);
+            }
+        }
+    }
+    let mut user_index: HashMap<i64, i64> = HashMap::new();
+    let mut per_user: Vec<Vec<i64>> = Vec::new();
+    let mut interactions = 0usize;
+    for b in ctx
+        .sql("SELECT user_id, item_id FROM interactions WHERE item_id IS NOT NULL ORDER BY user_id, ts, item_id")
+        .await?
+        .collect()
+        .await?
+    {
+        let (users, items) = (int64(&b, 0)?, int64(&b, 1)?);
+        for (u, i) in users.into_iter().zip(items) {
+            let next = user_index.len() as i64;
+            let u = *user_index.entry(u).or_insert(next);
+            if u as usize == per_user.len() {
+                per_user.push(Vec::new());
+            }
+            let next = item_index.len() as i64;
+            let i = *item_index.entry(i).or_insert_with(|| {
+                item_genre.push(0);
+                next
+            });
+            per_user[u as usize].push(i);
+            interactions += 1;
+        }
+    }
+    if interactions == 0 {
+        return Err(TrainError::EmptyData("no ratings in interactions".into()));
+    }
+    // Shuffle each user's interactions (seeded) and split 8:1:1.
+    let mut state = config.seed as u64 ^ 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let (mut train, mut validation, mut test) = (Vec::new(), Vec::new(), Vec::new());
+    for (u, items) in per_user.iter_mut().enumerate() {
+        for k in (1..items.len()).rev() {
+            items.swap(k, (next() % (k as u64 + 1)) as usize);
+        }
+        let (a, b, _) = recbole_split(items.len());
+        for (j, &i) in items.iter().enumerate() {
+            let pair = (u as i64, i);
+            if j < a {
+                train.push(pair);
+            } else if j < a + b {
+                validation.push(pair);
+            } else {
+                test.push(pair);
+            }
+        }
+    }
+    let rec = RecData {
+        users: per_user.len() as i64,
+        items: item_index.len() as i64,
+        item_genre,
+        genres: genre_index.len() as i64 + 1,
+        train,
+        validation,
+    };
+    let trained = recommend::train(&rec, config, device, |_, _, _| true)?;
+    let mut seen = recommend::by_user(&rec.train);
+    for (u, i) in &rec.validation {
+        seen.entry(*u).or_default().insert(*i);
+    }
+    let m = recommend::evaluate(
+        &trained.user_vectors,
+        &trained.item_vectors,
+        &seen,
+        &recommend::by_user(&test),
+        10,
+    )?;
+    Ok(MovielensEval {
+        users: per_user.len(),
+        items: item_index.len(),
+        interactions,
+        test: m,
+        validation_recall: trained.history[trained.best_epoch as usize - 1],
+        epochs: trained.history.len(),
     })
 }
