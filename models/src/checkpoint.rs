@@ -143,3 +143,23 @@ pub fn restore(dir: &Path, vs: &mut nn::VarStore, fingerprint: &str) -> Result<O
         .collect();
     Ok(Some(Restored { state, best }))
 }
+
+/// A copy of every variable of `vs` (the best weights so far).
+pub fn snapshot(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    vs.variables()
+        .into_iter()
+        .map(|(k, v)| (k, v.detach().copy()))
+        .collect()
+}
+
+/// Copies `weights` (from [`snapshot`]) back into `vs`.
+pub fn restore_weights(vs: &nn::VarStore, weights: Vec<(String, Tensor)>) {
+    let vars = vs.variables();
+    tch::no_grad(|| {
+        for (name, w) in weights {
+            if let Some(v) = vars.get(&name) {
+                v.shallow_clone().copy_(&w);
+            }
+        }
+    });
+}

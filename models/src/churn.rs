@@ -582,12 +582,7 @@ pub fn train(
         history.push(r);
         if validation_loss < best.0 {
             best = (validation_loss, epoch);
-            best_weights = Some(
-                vs.variables()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.detach().copy()))
-                    .collect(),
-            );
+            best_weights = Some(crate::checkpoint::snapshot(&vs));
         }
         if let Some(dir) = &control.checkpoint_dir {
             let state = CheckpointState {
@@ -608,14 +603,7 @@ pub fn train(
         }
     }
     if let Some(weights) = best_weights {
-        let vars = vs.variables();
-        tch::no_grad(|| {
-            for (name, w) in weights {
-                if let Some(v) = vars.get(&name) {
-                    v.shallow_clone().copy_(&w);
-                }
-            }
-        });
+        crate::checkpoint::restore_weights(&vs, weights);
     }
     // Done learning: tracing bakes the weights in as constants, which
     // libtorch refuses for tensors that still require grad.

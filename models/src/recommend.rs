@@ -362,12 +362,7 @@ pub fn train(
         history_out.push(recall);
         if recall > best.0 {
             best = (recall, epoch);
-            best_weights = Some(
-                vs.variables()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.detach().copy()))
-                    .collect(),
-            );
+            best_weights = Some(crate::checkpoint::snapshot(&vs));
         }
         if !report(epoch, total / f64::from(steps.max(1)), recall) {
             return Err(Error::Cancelled);
@@ -377,14 +372,7 @@ pub fn train(
         }
     }
     if let Some(weights) = best_weights {
-        let vars = vs.variables();
-        tch::no_grad(|| {
-            for (name, w) in weights {
-                if let Some(v) = vars.get(&name) {
-                    v.shallow_clone().copy_(&w);
-                }
-            }
-        });
+        crate::checkpoint::restore_weights(&vs, weights);
     }
     let (user_vectors, item_vectors) = tch::no_grad(|| {
         (
@@ -462,14 +450,10 @@ mod tests {
             10,
         )
         .unwrap();
-        // One held-out item per user among 82 unseen: a random ranking hits
-        // 10/82 = 0.12 of the time; knowing the user's half of the catalogue
-        // alone gives 10/32 = 0.31.
-        assert!(m.hit > 0.28, "{m:?}");
-        assert!(
-            (m.recall - m.hit).abs() < 1e-9,
-            "one relevant item each: {m:?}"
-        );
+        // Two held-out items per user among 82 unseen: a random ranking
+        // recalls 10/82 = 0.12 of them and hits one for about 22% of users.
+        assert!(m.recall > 0.2, "{m:?}");
+        assert!(m.hit > 0.35, "{m:?}");
         assert!(trained.best_epoch >= 1);
     }
 

@@ -16,7 +16,6 @@ use chrono::NaiveDate;
 use datafusion::arrow::array::Array;
 use datafusion::prelude::SessionContext;
 use encore_features::plans::{self, PlanParams};
-use encore_features::tables::{self, TableSource};
 use encore_models::churn::{self as model, ChurnConfig, ChurnData, ChurnSchema, TrainControl};
 use encore_models::metrics;
 use tch::{Device, Kind, Tensor};
@@ -24,6 +23,17 @@ use tch::{Device, Kind, Tensor};
 use super::TrainError;
 use super::churn::tensors;
 use super::frame;
+
+/// A column as Int64 values (nulls as 0).
+fn int64s(column: &datafusion::arrow::array::ArrayRef) -> Result<Vec<i64>, TrainError> {
+    let a =
+        datafusion::arrow::compute::cast(column, &datafusion::arrow::datatypes::DataType::Int64)?;
+    let a = a
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::Int64Array>()
+        .expect("cast to Int64");
+    Ok(a.iter().map(|v| v.unwrap_or(0)).collect())
+}
 
 /// CDNOW's calibration period ends the day before this.
 pub const CDNOW_CUTOFF: (i32, u32, u32) = (1997, 10, 1);
@@ -118,24 +128,13 @@ pub async fn eval_cdnow(
             "folds {folds}: use 2 to 20"
         )));
     }
-    for name in ["payments", "users"] {
-        let path = data.join(name);
-        if !path.is_dir() {
-            return Err(TrainError::InvalidJob(format!(
-                "data {}: no {name}/ table (import CDNOW with `encore import cdnow` first)",
-                data.display()
-            )));
-        }
-        ctx.deregister_table(name)?;
-        tables::register(
-            ctx,
-            &TableSource {
-                name: name.into(),
-                path,
-            },
-        )
-        .await?;
-    }
+    super::register_required(
+        ctx,
+        data,
+        &["payments", "users"],
+        "import CDNOW with `encore import cdnow` first",
+    )
+    .await?;
     let (y, m, d) = CDNOW_CUTOFF;
     let params = PlanParams {
         windows: vec![30, 90, 180],
@@ -156,17 +155,8 @@ pub async fn eval_cdnow(
             .column_by_name("holdout_purchases")
             .expect("selected above")
             .clone();
-        let counts = datafusion::arrow::compute::cast(
-            &column,
-            &datafusion::arrow::datatypes::DataType::Int64,
-        )?;
-        let counts = counts
-            .as_any()
-            .downcast_ref::<datafusion::arrow::array::Int64Array>()
-            .expect("cast to Int64");
-        holdout_purchases += counts
-            .iter()
-            .flatten()
+        holdout_purchases += int64s(&column)?
+            .into_iter()
             .map(|c| c.max(0) as u64)
             .sum::<u64>();
         let keep: Vec<usize> = (0..b.num_columns())
@@ -256,15 +246,7 @@ pub async fn eval_synthetic(
             truth_dir.display()
         )));
     }
-    ctx.deregister_table("truth")?;
-    tables::register(
-        ctx,
-        &TableSource {
-            name: "truth".into(),
-            path: truth_dir,
-        },
-    )
-    .await?;
+    super::register_table(ctx, "truth", &truth_dir).await?;
     let params = PlanParams {
         horizons: vec![7, 15, 30],
         ..PlanParams::at(cutoff)
@@ -283,14 +265,7 @@ pub async fn eval_synthetic(
     );
     let mut truth: std::collections::HashMap<i64, Vec<f64>> = std::collections::HashMap::new();
     for b in ctx.sql(&truth_sql).await?.collect().await? {
-        let ids = datafusion::arrow::compute::cast(
-            b.column(0),
-            &datafusion::arrow::datatypes::DataType::Int64,
-        )?;
-        let ids = ids
-            .as_any()
-            .downcast_ref::<datafusion::arrow::array::Int64Array>()
-            .expect("cast to Int64");
+        let ids = int64s(b.column(0))?;
         let columns: Vec<&datafusion::arrow::array::Float64Array> = (1..=heads)
             .map(|c| {
                 b.column(c)
@@ -299,8 +274,8 @@ pub async fn eval_synthetic(
                     .expect("cast to DOUBLE")
             })
             .collect();
-        for i in 0..b.num_rows() {
-            truth.insert(ids.value(i), columns.iter().map(|c| c.value(i)).collect());
+        for (i, id) in ids.into_iter().enumerate() {
+            truth.insert(id, columns.iter().map(|c| c.value(i)).collect());
         }
     }
     let schema = ChurnSchema {
@@ -393,36 +368,14 @@ pub async fn eval_movielens(
     use encore_models::recommend::{self, RecData};
     use std::collections::HashMap;
     config.validate()?;
-    for name in ["interactions", "items"] {
-        let path = data.join(name);
-        if !path.is_dir() {
-            return Err(TrainError::InvalidJob(format!(
-                "data {}: no {name}/ table (import MovieLens with `encore import movielens` first)",
-                data.display()
-            )));
-        }
-        ctx.deregister_table(name)?;
-        tables::register(
-            ctx,
-            &TableSource {
-                name: name.into(),
-                path,
-            },
-        )
-        .await?;
-    }
-    let int64 =
-        |b: &datafusion::arrow::array::RecordBatch, c: usize| -> Result<Vec<i64>, TrainError> {
-            let a = datafusion::arrow::compute::cast(
-                b.column(c),
-                &datafusion::arrow::datatypes::DataType::Int64,
-            )?;
-            let a = a
-                .as_any()
-                .downcast_ref::<datafusion::arrow::array::Int64Array>()
-                .expect("cast to Int64");
-            Ok(a.iter().map(|v| v.unwrap_or(0)).collect())
-        };
+    super::register_required(
+        ctx,
+        data,
+        &["interactions", "items"],
+        "import MovieLens with `encore import movielens` first",
+    )
+    .await?;
+    let int64 = |b: &datafusion::arrow::array::RecordBatch, c: usize| int64s(b.column(c));
     // Items and their genre codes (dense, 0 = unknown).
     let mut item_index: HashMap<i64, i64> = HashMap::new();
     let mut genre_index: HashMap<String, i64> = HashMap::new();

@@ -101,19 +101,51 @@ pub async fn register_tables(ctx: &SessionContext, data: &Path) -> Result<(), Tr
         }
     }
     for name in ["plays", "users", "items", "interactions", "payments"] {
-        let path = data.join(name);
-        // A session may serve several jobs: each one reads its own data.
-        ctx.deregister_table(name)?;
-        if path.is_dir() {
-            tables::register(
-                ctx,
-                &TableSource {
-                    name: name.into(),
-                    path,
-                },
-            )
-            .await?;
+        if data.join(name).is_dir() {
+            register_table(ctx, name, &data.join(name)).await?;
+        } else {
+            ctx.deregister_table(name)?;
         }
+    }
+    Ok(())
+}
+
+/// Registers the table at `path` as `name` on `ctx`, replacing one of that
+/// name (a session may serve several jobs: each one reads its own data).
+pub(crate) async fn register_table(
+    ctx: &SessionContext,
+    name: &str,
+    path: &Path,
+) -> Result<(), TrainError> {
+    ctx.deregister_table(name)?;
+    tables::register(
+        ctx,
+        &TableSource {
+            name: name.into(),
+            path: path.to_path_buf(),
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Registers each of `names` from `data/<name>/`; a missing one is an
+/// error that says how to produce it (`hint`).
+pub(crate) async fn register_required(
+    ctx: &SessionContext,
+    data: &Path,
+    names: &[&str],
+    hint: &str,
+) -> Result<(), TrainError> {
+    for name in names {
+        let path = data.join(name);
+        if !path.is_dir() {
+            return Err(TrainError::InvalidJob(format!(
+                "data {}: no {name}/ table ({hint})",
+                data.display()
+            )));
+        }
+        register_table(ctx, name, &path).await?;
     }
     Ok(())
 }
