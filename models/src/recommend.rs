@@ -91,6 +91,20 @@ impl RecommendConfig {
     }
 }
 
+/// Progress after each epoch; the callback returns false to stop.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RecEpoch {
+    /// 1-based epoch.
+    pub epoch: u32,
+    /// Mean in-batch softmax loss of the epoch.
+    pub loss: f64,
+    /// Validation Recall@10 after the epoch (minus the loss when there is
+    /// no validation split).
+    pub validation_recall: f64,
+    /// Training pairs per second in the epoch (the optimiser steps only).
+    pub samples_per_second: f64,
+}
+
 /// Users, items and their interactions with dense ids (0..users, 0..items).
 #[derive(Debug, Clone, Default)]
 pub struct RecData {
@@ -267,7 +281,7 @@ pub fn train(
     data: &RecData,
     cfg: &RecommendConfig,
     device: Device,
-    mut report: impl FnMut(u32, f64, f64) -> bool,
+    mut report: impl FnMut(&RecEpoch) -> bool,
 ) -> Result<TrainedRecommend> {
     cfg.validate()?;
     if data.train.is_empty() {
@@ -324,6 +338,7 @@ pub fn train(
     for epoch in 1..=cfg.epochs {
         tch::manual_seed(cfg.seed.wrapping_add(i64::from(epoch)));
         let perm = Tensor::randperm(n, (Kind::Int64, device));
+        let started = std::time::Instant::now();
         let (mut total, mut steps) = (0.0, 0u32);
         let mut start = 0;
         while start < n {
@@ -348,6 +363,7 @@ pub fn train(
             steps += 1;
             start += len;
         }
+        let samples_per_second = n as f64 / started.elapsed().as_secs_f64().max(1e-9);
         let (uv, iv) = tch::no_grad(|| {
             (
                 towers.users(&all_users, &history),
@@ -364,7 +380,13 @@ pub fn train(
             best = (recall, epoch);
             best_weights = Some(crate::checkpoint::snapshot(&vs));
         }
-        if !report(epoch, total / f64::from(steps.max(1)), recall) {
+        let r = RecEpoch {
+            epoch,
+            loss: total / f64::from(steps.max(1)),
+            validation_recall: recall,
+            samples_per_second,
+        };
+        if !report(&r) {
             return Err(Error::Cancelled);
         }
         if epoch - best.1 >= cfg.patience {
@@ -437,7 +459,7 @@ mod tests {
             batch_size: 256,
             ..Default::default()
         };
-        let trained = train(&data, &cfg, Device::Cpu, |_, _, _| true).unwrap();
+        let trained = train(&data, &cfg, Device::Cpu, |_| true).unwrap();
         let mut seen = by_user(&data.train);
         for (u, i) in &data.validation {
             seen.entry(*u).or_default().insert(*i);
@@ -464,19 +486,12 @@ mod tests {
             batch_size: 1,
             ..Default::default()
         };
-        let e = train(&data, &cfg, Device::Cpu, |_, _, _| true)
-            .err()
-            .unwrap();
+        let e = train(&data, &cfg, Device::Cpu, |_| true).err().unwrap();
         assert!(e.to_string().contains("batch_size"), "{e}");
         data.train.push((999, 0));
-        let e = train(
-            &data,
-            &RecommendConfig::default(),
-            Device::Cpu,
-            |_, _, _| true,
-        )
-        .err()
-        .unwrap();
+        let e = train(&data, &RecommendConfig::default(), Device::Cpu, |_| true)
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("(999, 0)"), "{e}");
     }
 }

@@ -471,7 +471,7 @@ pub async fn eval_movielens(
         train,
         validation,
     };
-    let trained = recommend::train(&rec, config, device, |_, _, _| true)?;
+    let trained = recommend::train(&rec, config, device, |_| true)?;
     let mut seen = recommend::by_user(&rec.train);
     for (u, i) in &rec.validation {
         seen.entry(*u).or_default().insert(*i);
