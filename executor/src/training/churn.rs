@@ -117,6 +117,20 @@ pub(crate) fn tensors(frame: &Frame, horizons: usize) -> ChurnData {
     }
 }
 
+/// The network's input shape for `rows`: their numeric columns, and each
+/// categorical column with its vocabulary plus the unknown code.
+pub(crate) fn schema_of(rows: &Frame, vocab: &Vocabularies, horizons: &[u32]) -> ChurnSchema {
+    ChurnSchema {
+        numeric: rows.numeric_names.clone(),
+        categorical: rows
+            .categorical_names
+            .iter()
+            .map(|n| (n.clone(), vocab[n].len() as i64 + 1))
+            .collect(),
+        horizons: horizons.to_vec(),
+    }
+}
+
 /// The user feature vector joined with the churn labels at `params`'
 /// cutoff (tables already registered): the label column names, the rows and
 /// the categorical vocabularies.
@@ -191,15 +205,7 @@ pub async fn train_churn(
     let (rest, test) = all.split(TEST_SHARE, job.config.seed);
     let (train, validation) =
         rest.split(VALIDATION_SHARE / (1.0 - TEST_SHARE), job.config.seed + 1);
-    let schema = ChurnSchema {
-        numeric: rows.numeric_names.clone(),
-        categorical: rows
-            .categorical_names
-            .iter()
-            .map(|n| (n.clone(), vocab[n].len() as i64 + 1))
-            .collect(),
-        horizons: job.horizons.clone(),
-    };
+    let schema = schema_of(&rows, &vocab, &job.horizons);
 
     stage(progress, "training")?;
     let trained = model::train(

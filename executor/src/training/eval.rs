@@ -278,15 +278,7 @@ pub async fn eval_synthetic(
             truth.insert(id, columns.iter().map(|c| c.value(i)).collect());
         }
     }
-    let schema = ChurnSchema {
-        numeric: rows.numeric_names.clone(),
-        categorical: rows
-            .categorical_names
-            .iter()
-            .map(|n| (n.clone(), vocab[n].len() as i64 + 1))
-            .collect(),
-        horizons: params.horizons.clone(),
-    };
+    let schema = super::churn::schema_of(&rows, &vocab, &params.horizons);
     let all = tensors(&rows, heads);
     let predicted = out_of_fold(&all, &schema, config, folds, device)?;
     let n = rows.rows();

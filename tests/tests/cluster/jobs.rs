@@ -101,6 +101,19 @@ async fn get(client: &mut JobsClient<Channel>, id: &str) -> Job {
         .unwrap()
 }
 
+async fn cancel(client: &mut JobsClient<Channel>, id: &str, reason: &str) -> Job {
+    client
+        .cancel_job(CancelJobRequest {
+            job_id: id.into(),
+            reason: reason.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap()
+}
+
 /// Every event of a WatchJob stream until it ends (or `timeout`), calling
 /// `on_event` on each.
 async fn watch(
@@ -293,16 +306,7 @@ async fn a_job_trains_on_an_executor_streams_progress_and_registers_its_model() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let asked = Instant::now();
-    let job = jobs
-        .cancel_job(CancelJobRequest {
-            job_id: id.clone(),
-            reason: "wrong cutoff".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
+    let job = cancel(&mut jobs, &id, "wrong cutoff").await;
     assert_eq!(
         job.state(),
         JobState::Running,
@@ -403,16 +407,7 @@ async fn queued_jobs_survive_a_scheduler_restart() {
     assert_eq!(spec.hyperparameters["epochs"], "2");
     assert_eq!(spec.horizons_days, [7, 15, 30]);
     assert!(state.join("jobs.sqlite").is_file());
-    let cancelled = jobs
-        .cancel_job(CancelJobRequest {
-            job_id: id.clone(),
-            reason: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
+    let cancelled = cancel(&mut jobs, &id, "").await;
     assert_eq!(
         cancelled.state(),
         JobState::Cancelled,
