@@ -106,20 +106,12 @@ fn churn_job(config: &WorkerConfig, job: &Job, control: TrainControl) -> Result<
     let spec = job.spec.clone().unwrap_or_default();
     let cutoff = NaiveDate::parse_from_str(&spec.cutoff, "%Y-%m-%d")
         .map_err(|e| format!("cutoff '{}': {e}", spec.cutoff))?;
-    let mut churn = if spec.config_toml.trim().is_empty() {
-        ChurnConfig::default()
-    } else {
-        toml::from_str::<ChurnConfig>(&spec.config_toml)
-            .map_err(|e| format!("config_toml: {}", e.message()))?
-    };
-    let mut keys: Vec<_> = spec.hyperparameters.iter().collect();
-    keys.sort();
-    for (key, value) in keys {
-        churn
-            .set(key, value)
-            .map_err(|e| format!("hyperparameter {key}={value}: {e}"))?;
-    }
-    churn.validate().map_err(|e| e.to_string())?;
+    let mut overrides: Vec<_> = spec.hyperparameters.iter().collect();
+    overrides.sort();
+    let churn = ChurnConfig::from_toml(&spec.config_toml)
+        .map_err(|e| format!("config_toml: {e}"))?
+        .apply(&overrides)
+        .map_err(|e| e.to_string())?;
     let promotion = match spec.promote.as_str() {
         "" => Promotion::IfBetter,
         p => p.parse()?,

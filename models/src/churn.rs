@@ -82,6 +82,25 @@ impl Default for ChurnConfig {
 }
 
 impl ChurnConfig {
+    /// Settings from a TOML document (keys as for [`set`](Self::set));
+    /// an empty document gives the defaults.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        toml::from_str(text).map_err(|e| Error::InvalidConfig(format!("TOML: {}", e.message())))
+    }
+
+    /// Applies `overrides` (key, value) in order with [`set`](Self::set),
+    /// then validates.
+    pub fn apply<K: AsRef<str>, V: AsRef<str>>(mut self, overrides: &[(K, V)]) -> Result<Self> {
+        for (key, value) in overrides {
+            self.set(key.as_ref(), value.as_ref())?;
+        }
+        self.validate()?;
+        Ok(self)
+    }
+
     /// Sets one field from its string form (`epochs` = `"10"`, `hidden` =
     /// `"128,64"`); unknown names and unparsable values are errors.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {

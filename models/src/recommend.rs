@@ -65,6 +65,41 @@ impl Default for RecommendConfig {
 }
 
 impl RecommendConfig {
+    /// Sets one field from its string form (`temperature` = `"0.2"`);
+    /// unknown names and unparsable values are errors.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        let bad = |e: &dyn std::fmt::Display| {
+            Error::InvalidConfig(format!("recommend setting {key} = '{value}': {e}"))
+        };
+        match key {
+            "dim" => self.dim = value.parse().map_err(|e| bad(&e))?,
+            "hidden" => self.hidden = value.parse().map_err(|e| bad(&e))?,
+            "epochs" => self.epochs = value.parse().map_err(|e| bad(&e))?,
+            "batch_size" => self.batch_size = value.parse().map_err(|e| bad(&e))?,
+            "lr" => self.lr = value.parse().map_err(|e| bad(&e))?,
+            "weight_decay" => self.weight_decay = value.parse().map_err(|e| bad(&e))?,
+            "temperature" => self.temperature = value.parse().map_err(|e| bad(&e))?,
+            "patience" => self.patience = value.parse().map_err(|e| bad(&e))?,
+            "seed" => self.seed = value.parse().map_err(|e| bad(&e))?,
+            _ => {
+                return Err(Error::InvalidConfig(format!(
+                    "unknown recommend setting '{key}' (known: dim, hidden, epochs, batch_size, lr, weight_decay, temperature, patience, seed)"
+                )));
+            }
+        }
+        self.validate()
+    }
+
+    /// Applies `overrides` (key, value) in order with [`set`](Self::set),
+    /// then validates.
+    pub fn apply<K: AsRef<str>, V: AsRef<str>>(mut self, overrides: &[(K, V)]) -> Result<Self> {
+        for (key, value) in overrides {
+            self.set(key.as_ref(), value.as_ref())?;
+        }
+        self.validate()?;
+        Ok(self)
+    }
+
     /// Checks ranges; the message names the setting.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidConfig(m));
@@ -488,6 +523,22 @@ mod tests {
         };
         let e = train(&data, &cfg, Device::Cpu, |_| true).err().unwrap();
         assert!(e.to_string().contains("batch_size"), "{e}");
+        let set = |k: &str, v: &str| RecommendConfig::default().apply(&[(k, v)]);
+        assert_eq!(set("temperature", "0.3").unwrap().temperature, 0.3);
+        assert!(
+            set("temp", "1")
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("unknown recommend setting 'temp'")
+        );
+        assert!(
+            set("dim", "x")
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("dim = 'x'")
+        );
         data.train.push((999, 0));
         let e = train(&data, &RecommendConfig::default(), Device::Cpu, |_| true)
             .err()

@@ -63,25 +63,20 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let mut config = ChurnConfig::default();
-    for pair in args.set.iter().filter(|_| args.dataset != "movielens") {
-        let (key, value) = pair
-            .split_once('=')
-            .with_context(|| format!("--set '{pair}': expected KEY=VALUE"))?;
-        config.set(key.trim(), value.trim())?;
-    }
-    config.validate()?;
+    let overrides = super::key_values(&args.set)?;
     let device = if args.cpu {
         tch::Device::Cpu
     } else {
         encore_models::default_device()
     };
     let dir = tempfile::tempdir().context("creating a temporary folder")?;
+    if args.dataset == "movielens" {
+        let config = RecommendConfig::default().apply(&overrides)?;
+        return movielens_eval(&args, &config, device, dir.path()).await;
+    }
+    let config = ChurnConfig::default().apply(&overrides)?;
     if args.dataset == "synthetic" {
         return synthetic(&args, &config, device, dir.path()).await;
-    }
-    if args.dataset == "movielens" {
-        return movielens_eval(&args, device, dir.path()).await;
     }
     let src = args.src.clone().context("--src is required for cdnow")?;
     let out = dir.path().to_path_buf();
@@ -199,36 +194,10 @@ fn print_synthetic(r: &SyntheticEval, args: &Args, cutoff: chrono::NaiveDate) {
 
 async fn movielens_eval(
     args: &Args,
+    config: &RecommendConfig,
     device: tch::Device,
     dir: &std::path::Path,
 ) -> anyhow::Result<()> {
-    let mut config = RecommendConfig::default();
-    for pair in &args.set {
-        let (key, value) = pair
-            .split_once('=')
-            .with_context(|| format!("--set '{pair}': expected KEY=VALUE"))?;
-        let mut v = serde_json::to_value(&config)?;
-        let field = v
-            .get_mut(key.trim())
-            .with_context(|| format!("--set {key}: unknown recommend setting"))?;
-        *field = if field.is_f64() {
-            serde_json::json!(
-                value
-                    .trim()
-                    .parse::<f64>()
-                    .with_context(|| format!("--set {pair}"))?
-            )
-        } else {
-            serde_json::json!(
-                value
-                    .trim()
-                    .parse::<i64>()
-                    .with_context(|| format!("--set {pair}"))?
-            )
-        };
-        config = serde_json::from_value(v).with_context(|| format!("--set {pair}"))?;
-    }
-    config.validate()?;
     let src = args
         .src
         .clone()
@@ -241,7 +210,7 @@ async fn movielens_eval(
         .with_context(|| format!("importing {shown}"))?;
     let spinner = crate::output::Spinner::start("training and ranking on MovieLens-100K");
     let ctx = datafusion::prelude::SessionContext::new();
-    let result = eval::eval_movielens(&ctx, dir, &config, device).await;
+    let result = eval::eval_movielens(&ctx, dir, config, device).await;
     drop(spinner);
     print_movielens(&result?);
     Ok(())

@@ -85,28 +85,17 @@ fn settings(args: &Args) -> anyhow::Result<(String, HashMap<String, String>)> {
         }
         None => String::new(),
     };
-    let mut config: ChurnConfig = if text.trim().is_empty() {
-        ChurnConfig::default()
-    } else {
-        toml::from_str(&text).with_context(|| {
-            format!(
-                "--config {}",
-                args.config
-                    .as_ref()
-                    .map_or(String::new(), |p| p.display().to_string())
-            )
-        })?
-    };
-    let mut hyperparameters = HashMap::new();
-    for pair in &args.set {
-        let (key, value) = pair
-            .split_once('=')
-            .with_context(|| format!("--set '{pair}': expected KEY=VALUE"))?;
-        config.set(key.trim(), value.trim())?;
-        hyperparameters.insert(key.trim().to_owned(), value.trim().to_owned());
-    }
-    config.validate()?;
-    Ok((text, hyperparameters))
+    let config = ChurnConfig::from_toml(&text).with_context(|| {
+        format!(
+            "--config {}",
+            args.config
+                .as_ref()
+                .map_or(String::new(), |p| p.display().to_string())
+        )
+    })?;
+    let overrides = super::key_values(&args.set)?;
+    config.apply(&overrides)?;
+    Ok((text, overrides.into_iter().collect()))
 }
 
 fn absolute(flag: &str, path: &Path) -> anyhow::Result<String> {
