@@ -15,6 +15,7 @@ fn main() {
         return;
     };
     println!("cargo:torch_lib={lib}");
+    compile_script_shim(Path::new(&lib));
     let args = link_args(Path::new(&lib));
     for arg in &args {
         println!("cargo:rustc-link-arg={arg}");
@@ -22,6 +23,27 @@ fn main() {
     // Dependents with binaries re-emit these (DEP_ENCORE_MODELS_LINK_ARGS),
     // separated by the ASCII unit separator since paths may hold spaces.
     println!("cargo:link_args={}", args.join("\x1f"));
+}
+
+/// Compiles `cpp/script_module.cpp` (TorchScript from source, see
+/// `src/script.rs`) against the headers next to libtorch's lib folder.
+fn compile_script_shim(lib: &Path) {
+    println!("cargo:rerun-if-changed=cpp/script_module.cpp");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    let include = lib.parent().map(|p| p.join("include")).unwrap_or_default();
+    // PyTorch wheels since 2.7 use the new C++ ABI; LIBTORCH_CXX11_ABI=0
+    // is for an old pre-built libtorch.
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
+    cc::Build::new()
+        .cpp(true)
+        .file("cpp/script_module.cpp")
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
+        .define("GLOG_USE_GLOG_EXPORT", None)
+        .warnings(false)
+        .compile("encore_script_module");
 }
 
 /// The linker arguments every binary that links libtorch needs.

@@ -52,6 +52,9 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
+    /// TorchScript source did not compile or the module could not be saved.
+    #[error("TorchScript: {0}")]
+    Script(String),
     /// libtorch reported an error.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

@@ -10,6 +10,8 @@ pub mod error;
 pub mod metrics;
 pub mod recommend;
 pub mod registry;
+#[allow(unsafe_code)] // the one FFI call into cpp/script_module.cpp
+pub mod script;
 pub mod tensor;
 
 pub use error::{Error, Result};
