@@ -21,6 +21,7 @@ use ballista::prelude::SessionContextExt;
 use chrono::NaiveDate;
 use datafusion::prelude::SessionContext;
 use encore_models::churn::{ChurnConfig, TrainControl};
+use encore_models::recommend::RecommendConfig;
 use encore_proto::encore::v1::job_worker_client::JobWorkerClient;
 use encore_proto::encore::v1::{
     ClaimJobRequest, CompleteJobRequest, Job, JobKind, JobOutcome, JobProgress, RegisteredModel,
@@ -30,7 +31,9 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 use tracing::{info, warn};
 
-use crate::training::{ChurnJob, Progress, Promotion, TrainError, train_churn};
+use crate::training::{
+    ChurnJob, Progress, Promotion, RecommendJob, TrainError, train_churn, train_recommend,
+};
 
 /// How the worker finds and runs jobs.
 #[derive(Debug, Clone)]
@@ -52,7 +55,67 @@ pub struct WorkerConfig {
 /// One message from the training thread to the reporter.
 enum Update {
     Stage(String),
-    Epoch(encore_models::churn::EpochReport),
+    Epoch {
+        progress: JobProgress,
+        metrics: HashMap<String, f64>,
+    },
+}
+
+impl Update {
+    fn of(p: Progress) -> Self {
+        match p {
+            Progress::Stage(s) => Update::Stage(s),
+            Progress::Epoch(r) => Update::Epoch {
+                progress: JobProgress {
+                    epoch: r.epoch,
+                    total_epochs: r.total_epochs,
+                    step: r.step,
+                    loss: r.loss,
+                    samples_per_second: r.samples_per_second,
+                },
+                metrics: HashMap::from([("val_loss".to_owned(), r.validation_loss)]),
+            },
+            Progress::RecEpoch(r) => Update::Epoch {
+                progress: JobProgress {
+                    epoch: r.epoch,
+                    total_epochs: r.total_epochs,
+                    step: r.step,
+                    loss: r.loss,
+                    samples_per_second: r.samples_per_second,
+                },
+                metrics: HashMap::from([("val_recall_at_10".to_owned(), r.validation_recall)]),
+            },
+        }
+    }
+}
+
+/// A claimed job, ready to run.
+enum Training {
+    Churn(ChurnJob),
+    Recommend(RecommendJob),
+}
+
+impl Training {
+    fn job_id(&self) -> &str {
+        match self {
+            Training::Churn(j) => &j.job_id,
+            Training::Recommend(j) => &j.job_id,
+        }
+    }
+
+    fn model_name(&self) -> &str {
+        match self {
+            Training::Churn(j) => &j.model_name,
+            Training::Recommend(j) => &j.model_name,
+        }
+    }
+
+    fn control(&self) -> &TrainControl {
+        match self {
+            Training::Churn(j) => &j.control,
+            Training::Recommend(j) => &j.control,
+        }
+    }
 }
 
 /// The result of one attempt, as the scheduler will hear it.
@@ -80,7 +143,7 @@ pub async fn run(config: WorkerConfig) {
         let claimed = client
             .claim_job(ClaimJobRequest {
                 executor_id: config.executor_id.clone(),
-                kinds: vec![JobKind::Churn as i32],
+                kinds: vec![JobKind::Churn as i32, JobKind::Recommend as i32],
             })
             .await;
         match claimed {
@@ -102,39 +165,55 @@ pub async fn run(config: WorkerConfig) {
 
 /// The job's pipeline settings from its spec; the error is the reason the
 /// job fails (without retrying).
-fn churn_job(config: &WorkerConfig, job: &Job, control: TrainControl) -> Result<ChurnJob, String> {
+fn training_job(config: &WorkerConfig, job: &Job, control: TrainControl) -> Result<Training, String> {
     let spec = job.spec.clone().unwrap_or_default();
     let cutoff = NaiveDate::parse_from_str(&spec.cutoff, "%Y-%m-%d")
         .map_err(|e| format!("cutoff '{}': {e}", spec.cutoff))?;
     let mut overrides: Vec<_> = spec.hyperparameters.iter().collect();
     overrides.sort();
-    let churn = ChurnConfig::from_toml(&spec.config_toml)
-        .map_err(|e| format!("config_toml: {e}"))?
-        .apply(&overrides)
-        .map_err(|e| e.to_string())?;
     let promotion = match spec.promote.as_str() {
         "" => Promotion::IfBetter,
         p => p.parse()?,
     };
-    Ok(ChurnJob {
-        job_id: job.id.clone(),
-        data: PathBuf::from(&spec.data_uri),
-        cutoff,
-        registry: PathBuf::from(&spec.registry_uri),
-        model_name: spec.model_name,
-        horizons: spec.horizons_days,
-        config: churn,
-        promotion,
-        device: if config.cpu_only {
-            tch::Device::Cpu
-        } else {
-            encore_models::default_device()
-        },
-        control,
-    })
+    let device = if config.cpu_only {
+        tch::Device::Cpu
+    } else {
+        encore_models::default_device()
+    };
+    match JobKind::try_from(job.kind) {
+        Ok(JobKind::Churn) => Ok(Training::Churn(ChurnJob {
+            job_id: job.id.clone(),
+            data: PathBuf::from(&spec.data_uri),
+            cutoff,
+            registry: PathBuf::from(&spec.registry_uri),
+            model_name: spec.model_name,
+            horizons: spec.horizons_days,
+            config: ChurnConfig::from_toml(&spec.config_toml)
+                .map_err(|e| format!("config_toml: {e}"))?
+                .apply(&overrides)
+                .map_err(|e| e.to_string())?,
+            promotion,
+            device,
+            control,
+        })),
+        Ok(JobKind::Recommend) => Ok(Training::Recommend(RecommendJob {
+            job_id: job.id.clone(),
+            data: PathBuf::from(&spec.data_uri),
+            cutoff,
+            registry: PathBuf::from(&spec.registry_uri),
+            model_name: spec.model_name,
+            config: RecommendConfig::from_toml(&spec.config_toml)
+                .map_err(|e| format!("config_toml: {e}"))?
+                .apply(&overrides)
+                .map_err(|e| e.to_string())?,
+            promotion,
+            device,
+            control,
+        })),
+        _ => Err(format!("job kind {} is not one this executor trains", job.kind)),
+    }
 }
 
-/// Whether another attempt could succeed after `e`.
 fn retryable(e: &TrainError) -> bool {
     use encore_models::Error as M;
     match e {
@@ -153,13 +232,13 @@ fn retryable(e: &TrainError) -> bool {
 /// Trains `job` on a thread of its own; updates go to `updates`.
 fn spawn_training(
     scheduler: String,
-    job: ChurnJob,
+    job: Training,
     threads: usize,
     updates: mpsc::UnboundedSender<Update>,
     cancel: Arc<AtomicBool>,
 ) -> oneshot::Receiver<Ending> {
     let (done_tx, done_rx) = oneshot::channel();
-    let name = format!("train-{}", job.job_id);
+    let name = format!("train-{}", job.job_id());
     let spawned = std::thread::Builder::new().name(name).spawn(move || {
         if threads > 0 {
             tch::set_num_threads(threads as i32);
@@ -175,13 +254,13 @@ fn spawn_training(
                     ))
                 })?;
                 let mut on_progress = |p: Progress| {
-                    let _ = updates.send(match p {
-                        Progress::Stage(s) => Update::Stage(s),
-                        Progress::Epoch(r) => Update::Epoch(r),
-                    });
+                    let _ = updates.send(Update::of(p));
                     !cancel.load(Ordering::Relaxed)
                 };
-                train_churn(&ctx, &job, &mut on_progress).await
+                match &job {
+                    Training::Churn(j) => train_churn(&ctx, j, &mut on_progress).await,
+                    Training::Recommend(j) => train_recommend(&ctx, j, &mut on_progress).await,
+                }
             }),
             Err(e) => Err(TrainError::Artifact {
                 path: "tokio runtime".into(),
@@ -191,7 +270,7 @@ fn spawn_training(
         let ending = match ending {
             Ok(trained) => {
                 // The model is registered; its checkpoints are done with.
-                if let Some(dir) = &job.control.checkpoint_dir {
+                if let Some(dir) = &job.control().checkpoint_dir {
                     let _ = std::fs::remove_dir_all(dir);
                 }
                 Ending {
@@ -200,7 +279,7 @@ fn spawn_training(
                     retryable: false,
                     metrics: trained.metrics.into_iter().collect(),
                     registered: Some(RegisteredModel {
-                        name: job.model_name.clone(),
+                        name: job.model_name().to_owned(),
                         version: trained.version,
                         promoted: trained.promoted,
                     }),
@@ -254,15 +333,15 @@ async fn run_job(
         cancel: Some(cancel.clone()),
     };
     let (tx, mut updates) = mpsc::unbounded_channel();
-    let mut done = match churn_job(config, &job, control) {
-        Ok(churn) => {
+    let mut done = match training_job(config, &job, control) {
+        Ok(training) => {
             if let Some(epoch) = encore_models::checkpoint::latest_epoch(&checkpoint) {
                 let _ = tx.send(Update::Stage(format!(
                     "resuming from the checkpoint after epoch {epoch}"
                 )));
             }
             let scheduler = format!("df://{}:{}", config.scheduler_host, config.scheduler_port);
-            spawn_training(scheduler, churn, config.threads, tx, cancel.clone())
+            spawn_training(scheduler, training, config.threads, tx, cancel.clone())
         }
         Err(reason) => {
             drop(tx);
@@ -288,17 +367,9 @@ async fn run_job(
             ending = &mut done => break ending.ok(),
             update = updates.recv(), if updates_open => match update {
                 Some(Update::Stage(stage)) => report(None, stage, HashMap::new()),
-                Some(Update::Epoch(r)) => {
-                    let total_epochs = r.total_epochs;
-                    let progress = JobProgress {
-                        epoch: r.epoch,
-                        total_epochs,
-                        step: r.step,
-                        loss: r.loss,
-                        samples_per_second: r.samples_per_second,
-                    };
-                    let metrics = HashMap::from([("val_loss".to_owned(), r.validation_loss)]);
-                    report(Some(progress), format!("epoch {}/{total_epochs}", r.epoch), metrics)
+                Some(Update::Epoch { progress, metrics }) => {
+                    let message = format!("epoch {}/{}", progress.epoch, progress.total_epochs);
+                    report(Some(progress), message, metrics)
                 }
                 None => {
                     updates_open = false;

@@ -8,11 +8,14 @@ use std::sync::OnceLock;
 
 use chrono::NaiveDate;
 use datafusion::prelude::SessionContext;
-use encore_executor::training::{ChurnJob, Progress, Promotion, TrainError, train_churn};
+use encore_executor::training::{
+    ChurnJob, Progress, Promotion, RecommendJob, TrainError, train_churn, train_recommend,
+};
 use encore_features::datagen::{DataSpec, generate};
 use encore_models::churn::ChurnConfig;
+use encore_models::recommend::RecommendConfig;
 use encore_models::registry::Registry;
-use encore_proto::encore::v1::ScoreChurnRequest;
+use encore_proto::encore::v1::{Context, RecommendRequest, ScoreChurnRequest};
 use encore_proto::encore::v1::scoring_client::ScoringClient;
 
 /// 3,000 users over 75 days, generated once for every test here.
@@ -71,6 +74,7 @@ async fn churn_job_trains_registers_and_serves() {
         match p {
             Progress::Stage(s) => stages.push(s),
             Progress::Epoch(r) => epochs.push(r),
+            Progress::RecEpoch(r) => panic!("a churn job reported {r:?}"),
         }
         true
     })
@@ -265,4 +269,130 @@ async fn bad_jobs_fail_with_a_reason() {
             .contains("unknown churn hyperparameter 'learning_rate'")
     );
     assert!(ChurnConfig::default().set("epochs", "ten").is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recommend_job_trains_beats_popularity_registers_and_serves() {
+    let registry = tempfile::tempdir().unwrap();
+    let job = RecommendJob {
+        job_id: "rec-job".into(),
+        data: data().to_path_buf(),
+        cutoff: NaiveDate::from_ymd_opt(CUTOFF.0, CUTOFF.1, CUTOFF.2).unwrap(),
+        registry: registry.path().to_path_buf(),
+        model_name: "recommend".into(),
+        config: RecommendConfig {
+            epochs: 8,
+            ..Default::default()
+        },
+        promotion: Promotion::IfBetter,
+        device: tch::Device::Cpu,
+        control: Default::default(),
+    };
+    let mut stages = Vec::new();
+    let mut epochs = Vec::new();
+    let trained = train_recommend(&SessionContext::new(), &job, &mut |p| {
+        match p {
+            Progress::Stage(s) => stages.push(s),
+            Progress::RecEpoch(r) => epochs.push(r),
+            Progress::Epoch(r) => panic!("a recommend job reported {r:?}"),
+        }
+        true
+    })
+    .await
+    .unwrap();
+    assert_eq!((trained.version, trained.promoted), (1, true));
+    assert_eq!(
+        stages,
+        [
+            "computing pairs and features",
+            "training",
+            "evaluating",
+            "exporting"
+        ]
+    );
+    assert!(!epochs.is_empty() && epochs.iter().all(|r| r.loss.is_finite()));
+    let m = &trained.metrics;
+    println!("metrics: {m:?}");
+    assert!(m["test_users"] > 100.0, "{m:?}");
+    // The generator gives users genre tastes: the towers must rank the
+    // week's discoveries better than the most popular items do.
+    assert!(
+        m["recall_at_10"] > m["popular_recall_at_10"],
+        "model {} vs popular {}",
+        m["recall_at_10"],
+        m["popular_recall_at_10"]
+    );
+    assert!(m["ndcg_at_10"] > 0.0 && m["hit_at_10"] <= 1.0);
+
+    let reg = Registry::new(registry.path());
+    let manifest = reg.manifest("recommend", 1).unwrap();
+    assert_eq!(manifest.kind, "recommend");
+    let inputs: Vec<&str> = manifest.inputs.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(inputs, ["user_features", "hour", "device", "k"]);
+    assert_eq!(manifest.inputs[0].shape[1], manifest.features.len() as i64);
+    assert!(!manifest.devices.is_empty(), "device vocabulary");
+    assert!(manifest.catalogue_size.unwrap() >= 1_000);
+
+    // Python opens the module and asks for a k it picks at run time.
+    let model = reg.version_dir("recommend", 1).join("model.pt");
+    let out = std::process::Command::new(python())
+        .args([
+            "-c",
+            "import sys, torch; m = torch.jit.load(sys.argv[1]); n = int(sys.argv[2]); \
+             ids, scores = m(torch.randn(3, n), torch.tensor([8, -1, 30]), torch.tensor([1, 0, 99]), torch.tensor([7])); \
+             assert ids.shape == (3, 7) and scores.shape == (3, 7), ids.shape; \
+             assert bool((scores[:, :-1] >= scores[:, 1:]).all()); print(int(ids.min() >= 0))",
+            model.to_str().unwrap(),
+            &manifest.features.len().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+
+    // The model server serves it: personalised for a known user, popular
+    // items for an unknown one.
+    let user = first_user(&reg.version_dir("recommend", 1).join("online/users.parquet"));
+    let server = encore_model_server::start_model_server(encore_model_server::ModelServerConfig {
+        registry: registry.path().to_path_buf(),
+        bind_port: 0,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut client = ScoringClient::connect(format!("http://{}", server.addr()))
+        .await
+        .unwrap();
+    let ask = |user_id: i64, hour: i32, device: &str| RecommendRequest {
+        user_id,
+        k: 15,
+        context: Some(Context {
+            hour,
+            device: device.into(),
+        }),
+        ..Default::default()
+    };
+    let known = client
+        .recommend(ask(user, 20, &manifest.devices[0]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!known.fallback);
+    assert_eq!(known.items.len(), 15);
+    assert_eq!(known.model_version, 1);
+    let ids: std::collections::HashSet<i64> = known.items.iter().map(|i| i.item_id).collect();
+    assert_eq!(ids.len(), 15, "no duplicates");
+    assert!(known.items.windows(2).all(|w| w[0].score >= w[1].score));
+    let cold = client
+        .recommend(ask(-42, -1, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(cold.fallback);
+    assert_eq!(cold.items.len(), 15);
+    server.shutdown().await.unwrap();
 }

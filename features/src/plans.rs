@@ -638,6 +638,27 @@ pub async fn recommendation_pairs(ctx: &SessionContext, p: &PlanParams) -> Resul
     Ok(ctx.sql(&recommendation_pairs_sql(p)?).await?)
 }
 
+/// The listening context of the recommendation training pairs: per (user,
+/// item, four-hour slot of the day in UTC, device), the plays in the 90
+/// days before T. The trainer gives each (user, item) pair the context it
+/// was played in most.
+pub fn recommendation_context_sql(p: &PlanParams) -> Result<String> {
+    p.check()?;
+    let t = p.t();
+    Ok(format!(
+        "-- recommendation pair contexts at {cutoff}: plays in [T - 90 days, T) by hour slot and device
+SELECT user_id, item_id,
+       CAST(date_part('hour', ts) AS BIGINT) / 4 AS hour_slot,
+       device,
+       count(*) AS plays
+FROM plays
+WHERE ts < {t} AND ts >= {t} - INTERVAL '90 days'{consent}
+GROUP BY user_id, item_id, CAST(date_part('hour', ts) AS BIGINT) / 4, device",
+        cutoff = p.cutoff,
+        consent = p.consent("user_id"),
+    ))
+}
+
 /// Subscription churn (the KKBox rule): for users whose membership, as of
 /// their last payment before T, expires in [T, T + 30 days), `sub_churn` is
 /// true when no new (non-cancelling) payment arrives within 30 days after

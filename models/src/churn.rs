@@ -708,13 +708,7 @@ impl TrainedChurn {
 mod tests {
     use super::*;
 
-    /// libtorch's random generator is global to the process: tests that
-    /// seed it and compare runs take turns.
-    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-    fn serial() -> std::sync::MutexGuard<'static, ()> {
-        RNG.lock().unwrap_or_else(|p| p.into_inner())
-    }
+    use crate::serial_rng as serial;
 
     /// Rows whose churn depends on the first feature and the category.
     fn rows(n: i64, seed: i64) -> ChurnData {

@@ -20,3 +20,12 @@ pub use error::{Error, Result};
 pub fn default_device() -> tch::Device {
     tch::Device::cuda_if_available()
 }
+
+/// libtorch's random generator is global to the process: tests that seed it
+/// (every training test) take turns, so runs compared within a test see
+/// only their own draws.
+#[cfg(test)]
+pub(crate) fn serial_rng() -> std::sync::MutexGuard<'static, ()> {
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    RNG.lock().unwrap_or_else(|p| p.into_inner())
+}

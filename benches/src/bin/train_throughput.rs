@@ -97,7 +97,7 @@ fn recommend(args: &Args) -> anyhow::Result<()> {
         item_genre: (0..args.items).map(|i| 1 + i % 20).collect(),
         genres: 21,
         train,
-        validation: Vec::new(),
+        ..Default::default()
     };
     let config = RecommendConfig {
         epochs: args.epochs,
@@ -106,7 +106,7 @@ fn recommend(args: &Args) -> anyhow::Result<()> {
         ..RecommendConfig::default()
     };
     let mut per_epoch = Vec::new();
-    recommend::train(&data, &config, Device::Cpu, |r| {
+    recommend::train(&data, &config, Device::Cpu, &Default::default(), |r| {
         per_epoch.push(r.samples_per_second);
         true
     })?;

@@ -60,7 +60,8 @@ pub struct Trained {
     pub metrics: BTreeMap<String, f64>,
     /// Whether it became `production`.
     pub promoted: bool,
-    /// Labelled users (train + validation + test).
+    /// Training examples: labelled users (churn, train + validation +
+    /// test) or (user, item) pairs (recommend).
     pub rows: usize,
     /// The checkpointed epoch training resumed after, if it resumed.
     pub resumed_after: Option<u32>,
@@ -84,12 +85,12 @@ impl ChurnJob {
     }
 }
 
-async fn collect(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, TrainError> {
+pub(crate) async fn collect(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, TrainError> {
     Ok(ctx.sql(sql).await?.collect().await?)
 }
 
 /// The first and last play in the data.
-async fn play_span(ctx: &SessionContext) -> Result<(DateTime<Utc>, DateTime<Utc>), TrainError> {
+pub(crate) async fn play_span(ctx: &SessionContext) -> Result<(DateTime<Utc>, DateTime<Utc>), TrainError> {
     let batches = collect(ctx, "SELECT min(ts) AS first, max(ts) AS last FROM plays").await?;
     let at = |i: usize| -> Result<DateTime<Utc>, TrainError> {
         let b = batches

@@ -25,7 +25,7 @@ use super::churn::tensors;
 use super::frame;
 
 /// A column as Int64 values (nulls as 0).
-fn int64s(column: &datafusion::arrow::array::ArrayRef) -> Result<Vec<i64>, TrainError> {
+pub(crate) fn int64s(column: &datafusion::arrow::array::ArrayRef) -> Result<Vec<i64>, TrainError> {
     let a =
         datafusion::arrow::compute::cast(column, &datafusion::arrow::datatypes::DataType::Int64)?;
     let a = a
@@ -462,8 +462,15 @@ pub async fn eval_movielens(
         genres: genre_index.len() as i64 + 1,
         train,
         validation,
+        ..Default::default()
     };
-    let trained = recommend::train(&rec, config, device, |_| true)?;
+    let trained = recommend::train(
+        &rec,
+        config,
+        device,
+        &encore_models::churn::TrainControl::default(),
+        |_| true,
+    )?;
     let mut seen = recommend::by_user(&rec.train);
     for (u, i) in &rec.validation {
         seen.entry(*u).or_default().insert(*i);

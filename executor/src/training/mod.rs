@@ -8,13 +8,15 @@
 pub mod churn;
 pub mod eval;
 mod frame;
+pub mod recommend;
 
 use std::path::Path;
 
 use datafusion::prelude::SessionContext;
 use encore_features::tables::{self, TableSource};
 
-pub use churn::{ChurnJob, train_churn};
+pub use churn::{ChurnJob, Trained, train_churn};
+pub use recommend::{RecommendJob, train_recommend};
 
 /// Errors of a training pipeline, each naming what was wrong.
 #[derive(Debug, thiserror::Error)]
@@ -59,8 +61,10 @@ pub enum TrainError {
 pub enum Progress {
     /// A step started (`computing features`, `training`, `exporting`, ...).
     Stage(String),
-    /// An epoch finished.
+    /// A churn epoch finished.
     Epoch(encore_models::churn::EpochReport),
+    /// A recommendation epoch finished.
+    RecEpoch(encore_models::recommend::RecEpoch),
 }
 
 /// When a new version takes the `production` alias.

@@ -583,6 +583,71 @@ async fn item_features_on_hand_made_rows() {
 }
 
 #[tokio::test]
+async fn recommendation_context_counts_plays_by_hour_slot_and_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // T = 2026-03-01: item 1 twice at 21h on mobile (slot 5), once at 22h on
+    // desktop; item 2 at 03h (slot 0); one play after T and one more than 90
+    // days before it are outside.
+    std::fs::write(
+        dir.path().join("plays.csv"),
+        "user_id,item_id,ts,played_secs,item_secs,source,device\n\
+         1,1,2026-02-10T21:00:00Z,200,200,search,mobile\n\
+         1,1,2026-02-11T21:30:00Z,20,200,search,mobile\n\
+         1,1,2026-02-12T22:00:00Z,20,200,search,desktop\n\
+         1,2,2026-02-12T03:00:00Z,20,200,search,mobile\n\
+         1,2,2026-03-02T10:00:00Z,200,200,search,mobile\n\
+         1,3,2025-11-01T10:00:00Z,200,200,search,mobile\n",
+    )
+    .unwrap();
+    ingest("plays", &dir.path().join("plays.csv"), &data)
+        .await
+        .unwrap();
+    let ctx = SessionContext::new();
+    register(
+        &ctx,
+        &TableSource {
+            name: "plays".into(),
+            path: data.join("plays"),
+        },
+    )
+    .await
+    .unwrap();
+    let p = PlanParams {
+        include_unconsented: true,
+        ..PlanParams::at(NaiveDate::from_ymd_opt(2026, 3, 1).unwrap())
+    };
+    let sql = encore_features::plans::recommendation_context_sql(&p).unwrap();
+    let batches = ctx
+        .sql(&format!(
+            "SELECT * FROM ({sql}) ORDER BY item_id, hour_slot, device"
+        ))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let text = arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    let rows: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with('|'))
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            "| 1 | 1 | 5 | desktop | 1 |",
+            "| 1 | 1 | 5 | mobile | 2 |",
+            "| 1 | 2 | 0 | mobile | 1 |",
+        ],
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn recommendation_pairs_split_at_t() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
