@@ -230,6 +230,24 @@ fn retryable(e: &TrainError) -> bool {
 }
 
 /// Trains `job` on a thread of its own; updates go to `updates`.
+/// A Ballista session on `scheduler` for a training job's queries, with the
+/// static distributed planner: Ballista 55's adaptive planner hangs a query
+/// when a stage turns out empty (it cannot cancel the stage and then rejects
+/// the executors' task status updates), and a training job's snapshot
+/// queries read windows after the end of the data, which are empty.
+async fn training_session(scheduler: &str) -> datafusion::error::Result<SessionContext> {
+    use ballista::prelude::SessionConfigExt;
+    use datafusion::execution::SessionStateBuilder;
+    use datafusion::prelude::SessionConfig;
+    let config = SessionConfig::new_with_ballista()
+        .set_bool("ballista.planner.adaptive.enabled", false);
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .build();
+    SessionContext::remote_with_state(scheduler, state).await
+}
+
 fn spawn_training(
     scheduler: String,
     job: Training,
@@ -248,7 +266,7 @@ fn spawn_training(
             .build()
         {
             Ok(rt) => rt.block_on(async {
-                let ctx = SessionContext::remote(&scheduler).await.map_err(|e| {
+                let ctx = training_session(&scheduler).await.map_err(|e| {
                     TrainError::Query(datafusion::error::DataFusionError::External(
                         format!("cannot open a session on the scheduler {scheduler}: {e}").into(),
                     ))

@@ -1,4 +1,4 @@
-//! `encore train churn`: submit a training job and follow it.
+//! `encore train churn|recommend`: submit a training job and follow it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -8,6 +8,7 @@ use chrono::NaiveDate;
 use encore_executor::ExecutorConfig;
 use encore_executor::training::Promotion;
 use encore_models::churn::ChurnConfig;
+use encore_models::recommend::RecommendConfig;
 use encore_proto::encore::v1::{JobKind, JobSpec, SubmitJobRequest};
 use encore_scheduler::SchedulerConfig;
 
@@ -19,8 +20,9 @@ use crate::cluster::{LocalCluster, Target};
 /// The job goes to the scheduler's job service (--scheduler), or to an
 /// in-process cluster started for it. An executor computes the features
 /// with the point-in-time plans through the cluster, trains with libtorch
-/// (CUDA when available), evaluates on held-out users and publishes a
-/// version in the registry with its metrics, TorchScript model and online
+/// (CUDA when available), evaluates on held-out users (churn) or on the
+/// items users discover in the week after the cutoff (recommend) and
+/// publishes a version in the registry with its metrics, TorchScript model and online
 /// snapshot; it becomes `production` when it beats the current one
 /// (--promote). Progress shows on stderr; --detach prints the job id and
 /// returns at once (follow it with `encore jobs watch`).
@@ -29,10 +31,12 @@ use crate::cluster::{LocalCluster, Target};
     encore train churn --data data --cutoff 2026-03-01 --registry registry\n  \
     encore train churn --data /srv/data --cutoff 2026-03-01 --scheduler df://10.0.0.5:50050 --detach\n  \
     encore train churn --data data --cutoff 2026-03-01 --registry registry --set epochs=10 --set lr=0.001\n  \
-    encore train churn --data data --cutoff 2026-03-01 --registry registry --config churn.toml --promote never")]
+    encore train churn --data data --cutoff 2026-03-01 --registry registry --config churn.toml --promote never\n  \
+    encore train recommend --data data --cutoff 2026-03-01 --registry registry --set dim=32 --set epochs=20")]
 pub struct Args {
-    /// What to train: churn.
-    #[arg(value_parser = ["churn"])]
+    /// What to train: churn (wide & deep churn risk per horizon) or
+    /// recommend (two-tower retrieval).
+    #[arg(value_parser = ["churn", "recommend"])]
     pub kind: String,
     /// Data folder with the canonical tables (plays/ and users/ at least).
     #[arg(long)]
@@ -53,15 +57,18 @@ pub struct Args {
     /// Training settings as TOML (keys as for --set).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// One setting as KEY=VALUE, over --config: hidden=128,64 embedding_dim
-    /// epochs batch_size lr weight_decay dropout patience seed.
+    /// One setting as KEY=VALUE, over --config. churn: hidden=128,64
+    /// embedding_dim epochs batch_size lr weight_decay dropout patience seed;
+    /// recommend: dim hidden context_dim epochs batch_size lr weight_decay
+    /// temperature patience max_history context_dropout seed.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// Churn horizons in days.
-    #[arg(long, value_delimiter = ',', default_value = "7,15,30")]
+    /// Churn horizons in days (default 7,15,30; churn only).
+    #[arg(long, value_delimiter = ',')]
     pub horizons: Vec<u32>,
     /// When the new version becomes `production`: never, if-better (its
-    /// held-out AUC at the longest horizon beats production's) or always.
+    /// held-out metric beats production's: AUC at the longest horizon for
+    /// churn, recall@10 for recommend) or always.
     #[arg(long, default_value = "if-better")]
     pub promote: Promotion,
     /// Train on the CPU even when CUDA is available (in-process cluster only;
@@ -85,16 +92,24 @@ fn settings(args: &Args) -> anyhow::Result<(String, HashMap<String, String>)> {
         }
         None => String::new(),
     };
-    let config = ChurnConfig::from_toml(&text).with_context(|| {
+    let flag = || {
         format!(
             "--config {}",
             args.config
                 .as_ref()
                 .map_or(String::new(), |p| p.display().to_string())
         )
-    })?;
+    };
     let overrides = super::key_values(&args.set)?;
-    config.apply(&overrides)?;
+    if args.kind == "recommend" {
+        RecommendConfig::from_toml(&text)
+            .with_context(flag)?
+            .apply(&overrides)?;
+    } else {
+        ChurnConfig::from_toml(&text)
+            .with_context(flag)?
+            .apply(&overrides)?;
+    }
     Ok((text, overrides.into_iter().collect()))
 }
 
@@ -140,15 +155,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Target::local(local)
         }
     };
-    let result = submit(&target.url, spec, args.detach).await;
+    let kind = if args.kind == "recommend" {
+        JobKind::Recommend
+    } else {
+        JobKind::Churn
+    };
+    let result = submit(&target.url, kind, spec, args.detach).await;
     target.finish(result).await
 }
 
-async fn submit(url: &str, spec: JobSpec, detach: bool) -> anyhow::Result<()> {
+async fn submit(url: &str, kind: JobKind, spec: JobSpec, detach: bool) -> anyhow::Result<()> {
     let mut client = jobs::connect(url).await?;
     let id = client
         .submit_job(SubmitJobRequest {
-            kind: JobKind::Churn as i32,
+            kind: kind as i32,
             spec: Some(spec),
         })
         .await

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use chrono::{NaiveDate, Utc};
 use datafusion::arrow::array::{
-    ArrayRef, AsArray, Float32Array, Int64Array, RecordBatch, StringArray,
+    Array, ArrayRef, AsArray, Float32Array, Int64Array, RecordBatch, StringArray,
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
@@ -263,6 +263,44 @@ async fn user_features(
     Ok((rows.numeric_names, values))
 }
 
+/// One row of the recommendation pairs plan.
+struct PairRow {
+    train: bool,
+    user: i64,
+    item: i64,
+    plays: i64,
+    seen_before: bool,
+}
+
+/// Every row of the recommendation pairs plan at `params`. Filtered in
+/// Rust, not in SQL: with `WHERE split = ...` the optimiser prunes one side
+/// of the UNION to an empty stage, and Ballista 55's adaptive planner then
+/// hangs on that job (it cannot cancel the stage and rejects the task
+/// status updates that follow).
+async fn pair_rows(ctx: &SessionContext, params: &PlanParams) -> Result<Vec<PairRow>, TrainError> {
+    let sql = format!(
+        "SELECT split, user_id, item_id, plays, seen_before FROM ({}) p",
+        plans::recommendation_pairs_sql(params)?
+    );
+    let mut out = Vec::new();
+    for b in collect(ctx, &sql).await? {
+        let split = strings(b.column(0))?;
+        let (u, i, n) = (int64s(b.column(1))?, int64s(b.column(2))?, int64s(b.column(3))?);
+        let seen = cast(b.column(4), &DataType::Boolean)?;
+        let seen = seen.as_boolean();
+        for r in 0..b.num_rows() {
+            out.push(PairRow {
+                train: split[r].as_deref() == Some("train"),
+                user: u[r],
+                item: i[r],
+                plays: n[r],
+                seen_before: seen.is_valid(r) && seen.value(r),
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// Per user, the items they discovered (completed, not played before) in
 /// the holdout after the cutoff, in dense codes; users or items training
 /// never saw are left out.
@@ -272,20 +310,12 @@ async fn discoveries(
     users: &Codes,
     catalogue: &Catalogue,
 ) -> Result<Vec<(i64, i64)>, TrainError> {
-    let sql = format!(
-        "SELECT user_id, item_id FROM ({}) p WHERE split = 'holdout' AND NOT seen_before",
-        plans::recommendation_pairs_sql(params)?
-    );
-    let mut out = Vec::new();
-    for b in collect(ctx, &sql).await? {
-        let (u, i) = (int64s(b.column(0))?, int64s(b.column(1))?);
-        for (u, i) in u.into_iter().zip(i) {
-            if let (Some(u), Some(i)) = (users.get(u), catalogue.items.get(i)) {
-                out.push((u, i));
-            }
-        }
-    }
-    Ok(out)
+    Ok(pair_rows(ctx, params)
+        .await?
+        .into_iter()
+        .filter(|r| !r.train && !r.seen_before)
+        .filter_map(|r| Some((users.get(r.user)?, catalogue.items.get(r.item)?)))
+        .collect())
 }
 
 fn stage(progress: &mut (dyn FnMut(Progress) -> bool + Send), name: &str) -> Result<(), TrainError> {
@@ -488,21 +518,35 @@ async fn snapshot(
     feature_names: &[String],
     max_history: usize,
 ) -> Result<(RecordBatch, RecordBatch), TrainError> {
-    let sql = format!(
-        "SELECT user_id, item_id, plays FROM ({}) p WHERE split = 'train' ORDER BY user_id, plays DESC, item_id",
-        plans::recommendation_pairs_sql(params)?
-    );
+    // Plays per (user, item) in the 90 days before the snapshot, from the
+    // context plan (it reads no day after the data's end).
+    let mut plays: HashMap<(i64, i64), i64> = HashMap::new();
+    let sql = plans::recommendation_context_sql(params)?;
+    for b in collect(ctx, &sql).await? {
+        let (u, i, n) = (int64s(b.column(0))?, int64s(b.column(1))?, int64s(b.column(4))?);
+        for r in 0..b.num_rows() {
+            *plays.entry((u[r], i[r])).or_default() += n[r];
+        }
+    }
+    let mut rows: Vec<PairRow> = plays
+        .into_iter()
+        .map(|((user, item), plays)| PairRow {
+            train: true,
+            user,
+            item,
+            plays,
+            seen_before: true,
+        })
+        .collect();
+    rows.sort_by_key(|r| (r.user, std::cmp::Reverse(r.plays), r.item));
     let mut history: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
     let mut item_plays: HashMap<i64, i64> = HashMap::new();
-    for b in collect(ctx, &sql).await? {
-        let (u, i, n) = (int64s(b.column(0))?, int64s(b.column(1))?, int64s(b.column(2))?);
-        for r in 0..b.num_rows() {
-            *item_plays.entry(i[r]).or_default() += n[r];
-            if let Some(code) = catalogue.items.get(i[r]) {
-                let h = history.entry(u[r]).or_default();
-                if h.len() < max_history {
-                    h.push(code);
-                }
+    for r in &rows {
+        *item_plays.entry(r.item).or_default() += r.plays;
+        if let Some(code) = catalogue.items.get(r.item) {
+            let h = history.entry(r.user).or_default();
+            if h.len() < max_history {
+                h.push(code);
             }
         }
     }

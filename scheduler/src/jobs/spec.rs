@@ -50,11 +50,7 @@ fn local_path(field: &str, uri: &str) -> Result<String, String> {
 pub fn check(kind: i32, spec: Option<JobSpec>, defaults: &Defaults) -> Result<JobSpec, String> {
     let kind = match JobKind::try_from(kind) {
         Ok(JobKind::Churn) => JobKind::Churn,
-        Ok(JobKind::Recommend) => {
-            return Err(
-                "kind JOB_KIND_RECOMMEND: recommendation training is not available yet; only JOB_KIND_CHURN".into(),
-            );
-        }
+        Ok(JobKind::Recommend) => JobKind::Recommend,
         Ok(JobKind::Unspecified) => {
             return Err("kind is required (JOB_KIND_CHURN or JOB_KIND_RECOMMEND)".into());
         }
@@ -158,6 +154,9 @@ mod tests {
         assert_eq!(s.horizons_days, [7, 15, 30]);
         assert_eq!(s.max_attempts, 3);
         assert_eq!(s.promote, "if-better");
+        let r = check(JobKind::Recommend as i32, Some(spec()), &defaults()).unwrap();
+        assert_eq!(r.model_name, "recommend");
+        assert!(r.horizons_days.is_empty());
     }
 
     #[test]
@@ -165,7 +164,14 @@ mod tests {
         let cases: Vec<(i32, JobSpec, &str)> = vec![
             (0, spec(), "kind is required"),
             (9, spec(), "kind 9"),
-            (2, spec(), "not available yet"),
+            (
+                2,
+                JobSpec {
+                    horizons_days: vec![7],
+                    ..spec()
+                },
+                "horizons_days is for churn jobs only",
+            ),
             (
                 1,
                 JobSpec {

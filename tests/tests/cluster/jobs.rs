@@ -537,3 +537,67 @@ async fn a_job_whose_executor_dies_is_requeued_and_resumes_from_its_checkpoint()
     let metrics: HashMap<String, f64> = job.metrics;
     assert!(metrics["auc_30d"] > 0.6, "{metrics:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recommend_job_trains_on_an_executor_and_registers_a_servable_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = dir.path().join("registry");
+    let scheduler = Scheduler::start(&[]).unwrap();
+    let _executor = trainer(&scheduler);
+    let mut jobs = client(&scheduler).await;
+    let submit_recommend = |spec: JobSpec| SubmitJobRequest {
+        kind: JobKind::Recommend as i32,
+        spec: Some(spec),
+    };
+
+    // Churn-only fields are refused for a recommend job.
+    let mut bad = spec(&registry, &[]);
+    bad.horizons_days = vec![7];
+    let status = jobs.submit_job(submit_recommend(bad)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("churn jobs only"), "{status}");
+
+    let id = jobs
+        .submit_job(submit_recommend(spec(&registry, &[("epochs", "3")])))
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+    let events = watch(&mut jobs, &id, Duration::from_secs(300), |_| {}).await;
+    let epochs: Vec<&JobEvent> = events
+        .iter()
+        .filter(|e| e.message.starts_with("epoch "))
+        .collect();
+    assert!(!epochs.is_empty(), "no epoch progress in {events:#?}");
+    assert!(
+        epochs
+            .iter()
+            .all(|e| e.metrics.contains_key("val_recall_at_10") && e.total_epochs == 3),
+        "{epochs:#?}"
+    );
+    let job = get(&mut jobs, &id).await;
+    assert_eq!(job.state(), JobState::Succeeded, "{}", job.error);
+    let model = job.registered_model.clone().unwrap();
+    assert_eq!((model.name.as_str(), model.version), ("recommend", 1));
+    assert!(
+        job.metrics["recall_at_10"] > job.metrics["popular_recall_at_10"],
+        "{:?}",
+        job.metrics
+    );
+    for file in ["model.pt", "manifest.json", "online/users.parquet", "online/popular.parquet"] {
+        assert!(registry.join("recommend/1").join(file).is_file(), "{file}");
+    }
+
+    // An invalid setting fails the job at once with the reason, no retry.
+    let id = jobs
+        .submit_job(submit_recommend(spec(&registry, &[("temperature", "-1")])))
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+    watch(&mut jobs, &id, Duration::from_secs(60), |_| {}).await;
+    let job = get(&mut jobs, &id).await;
+    assert_eq!(job.state(), JobState::Failed);
+    assert_eq!(job.attempt, 1);
+    assert!(job.error.contains("temperature"), "{}", job.error);
+}
