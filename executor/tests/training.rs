@@ -15,7 +15,7 @@ use encore_features::datagen::{DataSpec, generate};
 use encore_models::churn::ChurnConfig;
 use encore_models::recommend::RecommendConfig;
 use encore_models::registry::Registry;
-use encore_proto::encore::v1::{Context, RecommendRequest, ScoreChurnRequest};
+use encore_proto::encore::v1::{Context, RecommendMode, RecommendRequest, ScoreChurnRequest};
 use encore_proto::encore::v1::scoring_client::ScoringClient;
 
 /// 3,000 users over 75 days, generated once for every test here.
@@ -281,7 +281,7 @@ async fn recommend_job_trains_beats_popularity_registers_and_serves() {
         registry: registry.path().to_path_buf(),
         model_name: "recommend".into(),
         config: RecommendConfig {
-            epochs: 8,
+            epochs: 6,
             ..Default::default()
         },
         promotion: Promotion::IfBetter,
@@ -394,5 +394,120 @@ async fn recommend_job_trains_beats_popularity_registers_and_serves() {
         .into_inner();
     assert!(cold.fallback);
     assert_eq!(cold.items.len(), 15);
+    assert!(cold.items.iter().all(|i| i.reason == "popular"));
+
+    // Return playlist: replays interleaved with songs new to the user from
+    // their favourite genres.
+    let online = reg.version_dir("recommend", 1).join("online");
+    let returning = read_returning(&online);
+    let genre_of = read_genres(&online);
+    let (user, (replayed, played, favourite)) = returning
+        .iter()
+        .find(|(_, (r, _, g))| r.len() >= 5 && !g.is_empty())
+        .expect("a user with replays");
+    let playlist = client
+        .recommend(RecommendRequest {
+            mode: RecommendMode::ReturnPlaylist as i32,
+            ..ask(*user, 20, &manifest.devices[0])
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!playlist.fallback);
+    assert_eq!(playlist.items.len(), 15, "{playlist:?}");
+    assert_eq!(playlist.items[0].reason, "replay");
+    assert_eq!(playlist.items[1].reason, "new_in_genre", "{playlist:?}");
+    let replays: Vec<i64> = playlist
+        .items
+        .iter()
+        .filter(|i| i.reason == "replay")
+        .map(|i| i.item_id)
+        .collect();
+    assert_eq!(replays.len(), 8.min(replayed.len()), "half of 15, rounded");
+    assert_eq!(replays[..], replayed[..replays.len()], "most replayed first");
+    for item in playlist.items.iter().filter(|i| i.reason != "replay") {
+        assert!(!played.contains(&item.item_id), "{item:?} is not new");
+        if item.reason == "new_in_genre" {
+            let genre = genre_of.get(&item.item_id).expect("a genre");
+            assert!(favourite.contains(genre), "{item:?} in {genre}");
+        }
+    }
+    assert!(playlist.items.windows(2).all(|w| w[0].score > w[1].score));
+    let status = client
+        .recommend(RecommendRequest {
+            mode: RecommendMode::ReturnPlaylist as i32,
+            replay_share: 2.0,
+            ..ask(*user, 20, "")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("replay_share"), "{status}");
     server.shutdown().await.unwrap();
+}
+
+type Returning = (Vec<i64>, std::collections::HashSet<i64>, Vec<String>);
+
+/// `online/return.parquet`: user → (replayed, played, favourite genres).
+fn read_returning(online: &Path) -> std::collections::BTreeMap<i64, Returning> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::Int64Type;
+    let file = std::fs::File::open(online.join("return.parquet")).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for batch in reader {
+        let b = batch.unwrap();
+        let ids = b.column(0).as_primitive::<Int64Type>();
+        let (replayed, played, genres) = (
+            b.column(1).as_list::<i32>(),
+            b.column(2).as_list::<i32>(),
+            b.column(3).as_list::<i32>(),
+        );
+        for r in 0..b.num_rows() {
+            let ints = |a: datafusion::arrow::array::ArrayRef| -> Vec<i64> {
+                a.as_primitive::<Int64Type>().iter().flatten().collect()
+            };
+            out.insert(
+                ids.value(r),
+                (
+                    ints(replayed.value(r)),
+                    ints(played.value(r)).into_iter().collect(),
+                    genres
+                        .value(r)
+                        .as_string::<i32>()
+                        .iter()
+                        .flatten()
+                        .map(str::to_owned)
+                        .collect(),
+                ),
+            );
+        }
+    }
+    out
+}
+
+/// `online/items.parquet`: item → genre.
+fn read_genres(online: &Path) -> std::collections::HashMap<i64, String> {
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::datatypes::Int64Type;
+    let file = std::fs::File::open(online.join("items.parquet")).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut out = std::collections::HashMap::new();
+    for batch in reader {
+        let b = batch.unwrap();
+        let ids = b.column(0).as_primitive::<Int64Type>();
+        let genres = b.column(1).as_string::<i32>();
+        for r in 0..b.num_rows() {
+            if !genres.is_null(r) {
+                out.insert(ids.value(r), genres.value(r).to_owned());
+            }
+        }
+    }
+    out
 }

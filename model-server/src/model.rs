@@ -349,6 +349,94 @@ impl ServedModel {
             .collect())
     }
 
+    /// A return playlist of `k` items for `query`'s user: the songs they
+    /// replayed most (a `replay_share` of the list) interleaved with songs
+    /// new to them, from their favourite genres first, as the model ranks
+    /// them for the context. Each item comes with its reason (`replay`,
+    /// `new_in_genre`, `model`, or `popular` for a user the snapshot lacks)
+    /// and its position score (1, then falling by 1/k).
+    pub async fn return_playlist(
+        &self,
+        query: &RecommendQuery<'_>,
+        k: usize,
+        replay_share: f32,
+        deadline: Option<Instant>,
+    ) -> Result<(Vec<(i64, f32, &'static str)>, bool)> {
+        if !(0.0..=1.0).contains(&replay_share) {
+            return Err(Error::InvalidArgument(format!(
+                "replay_share must be between 0 and 1, got {replay_share}"
+            )));
+        }
+        let position = |items: Vec<(i64, &'static str)>| {
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, (item, why))| (item, 1.0 - i as f32 / k as f32, why))
+                .collect()
+        };
+        let nothing = HashSet::new();
+        let returning = self.snapshot.returning(query.user_id);
+        let info = returning.cloned().unwrap_or_default();
+        let replays: Vec<i64> = info
+            .replayed
+            .iter()
+            .copied()
+            .filter(|i| !query.exclude.contains(i))
+            .take((k as f32 * replay_share).round() as usize)
+            .collect();
+        // New to the user: neither played nor excluded.
+        let mut exclude: HashSet<i64> = query.exclude.clone();
+        exclude.extend(info.played.iter().copied());
+        exclude.extend(replays.iter().copied());
+        let wanted = k - replays.len();
+        let ask = (wanted * 8).clamp(wanted, MAX_K);
+        let ranked = self
+            .recommend(
+                &[RecommendQuery {
+                    exclude: if wanted == 0 { &nothing } else { &exclude },
+                    ..*query
+                }],
+                ask.max(1),
+                deadline,
+            )
+            .await?
+            .pop()
+            .unwrap_or(Recommendations {
+                items: Vec::new(),
+                fallback: true,
+            });
+        if ranked.fallback {
+            let items = ranked.items.into_iter().take(k).map(|(i, _)| (i, "popular"));
+            return Ok((position(items.collect()), true));
+        }
+        let in_genre = |item: &i64| {
+            self.snapshot
+                .genre(*item)
+                .is_some_and(|g| info.genres.iter().any(|f| f == g))
+        };
+        let (mut fresh, other): (Vec<i64>, Vec<i64>) =
+            ranked.items.iter().map(|(i, _)| *i).partition(in_genre);
+        fresh.truncate(wanted);
+        let mut fresh: Vec<(i64, &'static str)> =
+            fresh.into_iter().map(|i| (i, "new_in_genre")).collect();
+        // Too few in the favourite genres: the model's other picks.
+        let short = wanted - fresh.len();
+        fresh.extend(other.into_iter().take(short).map(|i| (i, "model")));
+        let mut blended = Vec::with_capacity(k);
+        let (mut r, mut f) = (replays.into_iter(), fresh.into_iter());
+        loop {
+            match (r.next(), f.next()) {
+                (None, None) => break,
+                (a, b) => {
+                    blended.extend(a.map(|i| (i, "replay")));
+                    blended.extend(b);
+                }
+            }
+        }
+        blended.truncate(k);
+        Ok((position(blended), false))
+    }
+
     fn device_index(&self, device: &str) -> i64 {
         self.manifest
             .devices

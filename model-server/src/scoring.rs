@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use encore_proto::encore::v1::scoring_server::Scoring;
 use encore_proto::encore::v1::{
-    ChurnScore, RecommendRequest, RecommendResponse, RiskTier, ScoreChurnRequest,
+    ChurnScore, RecommendMode, RecommendRequest, RecommendResponse, RiskTier, ScoreChurnRequest,
     ScoreChurnResponse, ScoredItem, Segment,
 };
 use tonic::{Request, Response, Status};
@@ -153,6 +153,34 @@ impl ScoringService {
             device: &device,
             exclude: &exclude,
         };
+        if r.mode == RecommendMode::ReturnPlaylist as i32 {
+            let share = if r.replay_share == 0.0 {
+                0.5
+            } else {
+                r.replay_share
+            };
+            let (items, fallback) = model.return_playlist(&query, k, share, deadline).await?;
+            return Ok(RecommendResponse {
+                items: items
+                    .into_iter()
+                    .map(|(item_id, score, reason)| ScoredItem {
+                        item_id,
+                        score,
+                        reason: reason.into(),
+                    })
+                    .collect(),
+                fallback,
+                model_name: model.manifest.name.clone(),
+                model_version: model.manifest.version,
+                variant: selection.variant,
+            });
+        }
+        if RecommendMode::try_from(r.mode).is_err() {
+            return Err(Error::InvalidArgument(format!(
+                "mode {} is not a known RecommendMode",
+                r.mode
+            )));
+        }
         let mut recs = model.recommend(&[query], k, deadline).await?;
         if let Some(s) = selection.shadow {
             let (user_id, device, exclude) = (r.user_id, device.clone(), exclude.clone());
@@ -174,7 +202,11 @@ impl ScoringService {
             items: recs
                 .items
                 .into_iter()
-                .map(|(item_id, score)| ScoredItem { item_id, score })
+                .map(|(item_id, score)| ScoredItem {
+                    item_id,
+                    score,
+                    reason: if recs.fallback { "popular" } else { "model" }.into(),
+                })
                 .collect(),
             fallback: recs.fallback,
             model_name: model.manifest.name.clone(),

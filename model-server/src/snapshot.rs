@@ -7,6 +7,11 @@
 //! <version>/online/popular.parquet  item_id INT64, score (float), optional
 //!                                   hour INT32 (null or -1: any hour) and
 //!                                   device string (null or "": any device)
+//! <version>/online/return.parquet  optional, for the return-playlist mode:
+//!                                   user_id INT64, replayed LIST<INT64> (best
+//!                                   first), played LIST<INT64>,
+//!                                   favourite_genres LIST<string>
+//! <version>/online/items.parquet    optional: item_id INT64, genre string
 //! ```
 //!
 //! Users missing from the snapshot get the documented fallbacks (population
@@ -33,6 +38,19 @@ pub struct Snapshot {
     value_tier: Vec<u8>,
     vocabulary: Vec<String>,
     popular: HashMap<(i32, String), Vec<(i64, f32)>>,
+    returning: HashMap<i64, Returning>,
+    item_genre: HashMap<i64, String>,
+}
+
+/// What the return-playlist mode knows about one user.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Returning {
+    /// Songs replayed most, best first.
+    pub replayed: Vec<i64>,
+    /// Every song played in the snapshot's window.
+    pub played: std::collections::HashSet<i64>,
+    /// Favourite genres, most played first.
+    pub genres: Vec<String>,
 }
 
 fn snapshot_error(path: &Path, reason: impl ToString) -> Error {
@@ -123,7 +141,78 @@ impl Snapshot {
                 items.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             }
         }
+        let returning = online.join("return.parquet");
+        if returning.exists() {
+            for batch in read_parquet(&returning)? {
+                snapshot.add_returning(&returning, &batch)?;
+            }
+        }
+        let items = online.join("items.parquet");
+        if items.exists() {
+            for batch in read_parquet(&items)? {
+                let ids = column(&items, &batch, "item_id", &DataType::Int64)?
+                    .ok_or_else(|| snapshot_error(&items, "no item_id column"))?;
+                let genres = column(&items, &batch, "genre", &DataType::Utf8)?
+                    .ok_or_else(|| snapshot_error(&items, "no genre column"))?;
+                let (ids, genres) = (ids.as_primitive::<Int64Type>(), genres.as_string::<i32>());
+                for row in 0..batch.num_rows() {
+                    if !genres.is_null(row) {
+                        snapshot
+                            .item_genre
+                            .insert(ids.value(row), genres.value(row).to_owned());
+                    }
+                }
+            }
+        }
         Ok(snapshot)
+    }
+
+    fn add_returning(&mut self, path: &Path, batch: &RecordBatch) -> Result<()> {
+        let ids = column(path, batch, "user_id", &DataType::Int64)?
+            .ok_or_else(|| snapshot_error(path, "no user_id column"))?;
+        let ids = ids.as_primitive::<Int64Type>();
+        let list = |name: &str, item: DataType| -> Result<arrow::array::ArrayRef> {
+            let to = DataType::List(std::sync::Arc::new(arrow::datatypes::Field::new(
+                "item", item, true,
+            )));
+            column(path, batch, name, &to)?
+                .ok_or_else(|| snapshot_error(path, format!("no {name} column")))
+        };
+        let replayed = list("replayed", DataType::Int64)?;
+        let played = list("played", DataType::Int64)?;
+        let genres = list("favourite_genres", DataType::Utf8)?;
+        let (replayed, played, genres) =
+            (replayed.as_list::<i32>(), played.as_list::<i32>(), genres.as_list::<i32>());
+        let ints = |a: arrow::array::ArrayRef| -> Vec<i64> {
+            a.as_primitive::<Int64Type>().iter().flatten().collect()
+        };
+        for row in 0..batch.num_rows() {
+            let names = genres.value(row);
+            self.returning.insert(
+                ids.value(row),
+                Returning {
+                    replayed: ints(replayed.value(row)),
+                    played: ints(played.value(row)).into_iter().collect(),
+                    genres: names
+                        .as_string::<i32>()
+                        .iter()
+                        .flatten()
+                        .map(str::to_owned)
+                        .collect(),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Return-playlist facts of `user_id`, when the snapshot has them.
+    pub fn returning(&self, user_id: i64) -> Option<&Returning> {
+        self.returning.get(&user_id)
+    }
+
+    /// Genre of `item_id`, when known.
+    pub fn genre(&self, item_id: i64) -> Option<&str> {
+        self.item_genre.get(&item_id).map(String::as_str)
     }
 
     fn intern(&mut self, value: &str) -> Result<u8> {

@@ -234,6 +234,8 @@ fn main() -> anyhow::Result<()> {
                                     .collect(),
                                 model_version: pick(&mut rng, &["", "1", "x"]).into(),
                                 model_name: pick(&mut rng, &["", "recommend", "churn"]).into(),
+                                mode: rng.below(3) as i32,
+                                replay_share: rng.below(4) as f32 * 0.5 - 0.5,
                             };
                             scoring.recommend(Request::new(request)).await.map(|_| ())
                         }

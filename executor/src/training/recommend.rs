@@ -34,6 +34,10 @@ const VALIDATION_SHARE: u64 = 10;
 const MIN_PAIRS_FOR_VALIDATION: usize = 5;
 /// Popular items kept in the snapshot for cold-start users.
 const POPULAR_ITEMS: usize = 500;
+/// Most replayed songs per user kept for the return-playlist mode.
+const MAX_REPLAYED: usize = 50;
+/// Favourite genres per user kept for the return-playlist mode.
+const FAVOURITE_GENRES: usize = 2;
 /// The metric automatic promotion compares.
 pub const PROMOTION_METRIC: &str = "recall_at_10";
 
@@ -417,7 +421,7 @@ pub async fn train_recommend(
     trained.export(&catalogue.items.ids, &staged.join("model.pt"))?;
     let serve_at = last.date_naive() + chrono::Days::new(1);
     let online = staged.join("online");
-    let (users_batch, popular_batch) = snapshot(
+    let files = snapshot(
         ctx,
         &PlanParams::at(serve_at),
         inputs,
@@ -428,7 +432,7 @@ pub async fn train_recommend(
         job.config.max_history,
     )
     .await?;
-    for (name, batch) in [("users.parquet", users_batch), ("popular.parquet", popular_batch)] {
+    for (name, batch) in files {
         encore_features::datagen::write_parquet(&online, name, batch)
             .map_err(|e| artifact(&online, &e))?;
     }
@@ -506,7 +510,8 @@ fn evaluate(
 /// `online/users.parquet` (user_id, the raw user features, then the user
 /// inputs: id embedding and history mean over the last 90 days of plays)
 /// and `online/popular.parquet` (item_id, score: plays in those 90 days),
-/// at the end of the data.
+/// at the end of the data; plus the return-playlist files
+/// ([`return_playlist_batches`]).
 #[allow(clippy::too_many_arguments)]
 async fn snapshot(
     ctx: &SessionContext,
@@ -517,7 +522,7 @@ async fn snapshot(
     catalogue: &Catalogue,
     feature_names: &[String],
     max_history: usize,
-) -> Result<(RecordBatch, RecordBatch), TrainError> {
+) -> Result<Vec<(&'static str, RecordBatch)>, TrainError> {
     // Plays per (user, item) in the 90 days before the snapshot, from the
     // context plan (it reads no day after the data's end).
     let mut plays: HashMap<(i64, i64), i64> = HashMap::new();
@@ -611,7 +616,78 @@ async fn snapshot(
             Arc::new(StringArray::from(vec![None::<&str>; popular.len()])),
         ],
     )?;
-    Ok((users_batch, popular_batch))
+    let (returning, items) = return_playlist_batches(&rows, catalogue)?;
+    Ok(vec![
+        ("users.parquet", users_batch),
+        ("popular.parquet", popular_batch),
+        ("return.parquet", returning),
+        ("items.parquet", items),
+    ])
+}
+
+/// What the model server's return-playlist mode reads: per user
+/// (`online/return.parquet`) the songs replayed most (two plays or more,
+/// best first), every song played (so "new" means new to them) and the
+/// favourite genres (most plays first); per item (`online/items.parquet`)
+/// its genre. `rows` are (user, item, plays) sorted by user, then plays
+/// descending.
+fn return_playlist_batches(
+    rows: &[PairRow],
+    catalogue: &Catalogue,
+) -> Result<(RecordBatch, RecordBatch), TrainError> {
+    use datafusion::arrow::array::{ListBuilder, StringBuilder};
+    use datafusion::arrow::array::Int64Builder;
+    let genre_of = |item: i64| -> Option<&str> {
+        let code = catalogue.items.get(item)?;
+        let g = catalogue.genre[code as usize];
+        (g > 0).then(|| catalogue.genres.names[g as usize - 1].as_str())
+    };
+    let mut users = Vec::new();
+    let mut replayed = ListBuilder::new(Int64Builder::new());
+    let mut played = ListBuilder::new(Int64Builder::new());
+    let mut genres = ListBuilder::new(StringBuilder::new());
+    for group in rows.chunk_by(|a, b| a.user == b.user) {
+        users.push(group[0].user);
+        for r in group.iter().filter(|r| r.plays >= 2).take(MAX_REPLAYED) {
+            replayed.values().append_value(r.item);
+        }
+        replayed.append(true);
+        for r in group {
+            played.values().append_value(r.item);
+        }
+        played.append(true);
+        let mut by_genre: BTreeMap<&str, i64> = BTreeMap::new();
+        for r in group {
+            if let Some(g) = genre_of(r.item) {
+                *by_genre.entry(g).or_default() += r.plays;
+            }
+        }
+        let mut ranked: Vec<(&str, i64)> = by_genre.into_iter().collect();
+        ranked.sort_by_key(|&(g, n)| (std::cmp::Reverse(n), g));
+        for (g, _) in ranked.into_iter().take(FAVOURITE_GENRES) {
+            genres.values().append_value(g);
+        }
+        genres.append(true);
+    }
+    let returning = RecordBatch::try_from_iter(vec![
+        ("user_id", Arc::new(Int64Array::from(users)) as ArrayRef),
+        ("replayed", Arc::new(replayed.finish()) as ArrayRef),
+        ("played", Arc::new(played.finish()) as ArrayRef),
+        ("favourite_genres", Arc::new(genres.finish()) as ArrayRef),
+    ])?;
+    let items = RecordBatch::try_from_iter(vec![
+        (
+            "item_id",
+            Arc::new(Int64Array::from(catalogue.items.ids.clone())) as ArrayRef,
+        ),
+        (
+            "genre",
+            Arc::new(StringArray::from_iter(
+                catalogue.items.ids.iter().map(|&i| genre_of(i)),
+            )) as ArrayRef,
+        ),
+    ])?;
+    Ok((returning, items))
 }
 
 /// Names of the user-input columns: the id embedding, then the history mean.
