@@ -59,6 +59,24 @@ pub struct CdnowEval {
     pub folds: usize,
     /// Mean predicted probability of a purchase.
     pub mean_prediction: f64,
+    /// Predicted total holdout transactions, out of fold: each customer's
+    /// P(purchase) times the mean holdout transactions of buyers with the
+    /// same number of repeat purchase days in the other folds (a hurdle
+    /// model on top of the classifier).
+    pub predicted_purchases: f64,
+}
+
+/// Buckets of calibration-period repeat purchase days for the hurdle
+/// model's counts: 0, 1, 2, 3-4, 5-9, 10+.
+fn repeat_bucket(repeat_days: f32) -> usize {
+    match repeat_days as i64 {
+        i64::MIN..=0 => 0,
+        1 => 1,
+        2 => 2,
+        3..=4 => 3,
+        5..=9 => 4,
+        _ => 5,
+    }
 }
 
 /// Out-of-fold probabilities, one vector per horizon: the rows are dealt
@@ -70,13 +88,17 @@ fn out_of_fold(
     config: &ChurnConfig,
     folds: usize,
     device: Device,
-) -> Result<Vec<Vec<f64>>, TrainError> {
+) -> Result<(Vec<Vec<f64>>, Vec<usize>), TrainError> {
     let n = all.len() as usize;
     let heads = schema.horizons.len();
     tch::manual_seed(config.seed);
     let order = Tensor::randperm(n as i64, (Kind::Int64, Device::Cpu));
     let order = Vec::<i64>::try_from(&order).map_err(encore_models::Error::from)?;
     let mut out = vec![vec![0.0f64; n]; heads];
+    let mut fold_of = vec![0usize; n];
+    for (i, &row) in order.iter().enumerate() {
+        fold_of[row as usize] = i % folds;
+    }
     for k in 0..folds {
         let (mut held, mut rest) = (Vec::new(), Vec::new());
         for (i, &row) in order.iter().enumerate() {
@@ -110,7 +132,7 @@ fn out_of_fold(
             }
         }
     }
-    Ok(out)
+    Ok((out, fold_of))
 }
 
 /// Runs the CDNOW evaluation on canonical tables (from `encore import
@@ -149,16 +171,13 @@ pub async fn eval_cdnow(
         plans::purchase_labels_sql(&params)?
     );
     let mut batches = ctx.sql(&sql).await?.collect().await?;
-    let mut holdout_purchases = 0u64;
+    let mut counts: Vec<u64> = Vec::new();
     for b in &mut batches {
         let column = b
             .column_by_name("holdout_purchases")
             .expect("selected above")
             .clone();
-        holdout_purchases += int64s(&column)?
-            .into_iter()
-            .map(|c| c.max(0) as u64)
-            .sum::<u64>();
+        counts.extend(int64s(&column)?.into_iter().map(|c| c.max(0) as u64));
         let keep: Vec<usize> = (0..b.num_columns())
             .filter(|&i| b.schema().field(i).name() != "holdout_purchases")
             .collect();
@@ -178,9 +197,41 @@ pub async fn eval_cdnow(
         categorical: Vec::new(),
         horizons: vec![CDNOW_HOLDOUT_DAYS],
     };
-    let p_churn = out_of_fold(&all, &schema, config, folds, device)?;
+    let (p_churn, fold_of) = out_of_fold(&all, &schema, config, folds, device)?;
     let p_purchase: Vec<f64> = p_churn[0].iter().map(|p| 1.0 - p).collect();
     let bought: Vec<bool> = (0..n).map(|i| rows.labels[i] < 0.5).collect();
+    // Hurdle model: P(purchase) x E[transactions | purchase, repeat bucket],
+    // the expectation taken over buyers in the other folds.
+    let repeat = rows
+        .numeric_names
+        .iter()
+        .position(|c| c == "repeat_purchase_days")
+        .ok_or_else(|| TrainError::InvalidJob("no repeat_purchase_days feature".into()))?;
+    let width = rows.numeric_names.len();
+    let bucket: Vec<usize> = (0..n)
+        .map(|i| repeat_bucket(rows.numeric[i * width + repeat]))
+        .collect();
+    // [fold][bucket] → (transactions, buyers)
+    let mut sums = vec![[(0u64, 0u64); 6]; folds];
+    for i in (0..n).filter(|&i| bought[i]) {
+        let cell = &mut sums[fold_of[i]][bucket[i]];
+        cell.0 += counts[i];
+        cell.1 += 1;
+    }
+    let predicted_purchases: f64 = (0..n)
+        .map(|i| {
+            let (t, b) = (0..folds)
+                .filter(|&f| f != fold_of[i])
+                .map(|f| sums[f][bucket[i]])
+                .fold((0, 0), |a, c| (a.0 + c.0, a.1 + c.1));
+            if b == 0 {
+                0.0
+            } else {
+                p_purchase[i] * t as f64 / b as f64
+            }
+        })
+        .sum();
+    let holdout_purchases = counts.iter().sum();
     Ok(CdnowEval {
         customers: n,
         buyers: bought.iter().filter(|&&b| b).count(),
@@ -190,6 +241,7 @@ pub async fn eval_cdnow(
         ece: metrics::ece(&p_purchase, &bought, 10),
         folds,
         mean_prediction: p_purchase.iter().sum::<f64>() / n as f64,
+        predicted_purchases,
     })
 }
 
@@ -280,7 +332,7 @@ pub async fn eval_synthetic(
     }
     let schema = super::churn::schema_of(&rows, &vocab, &params.horizons);
     let all = tensors(&rows, heads);
-    let predicted = out_of_fold(&all, &schema, config, folds, device)?;
+    let (predicted, _) = out_of_fold(&all, &schema, config, folds, device)?;
     let n = rows.rows();
     let mut horizons = Vec::new();
     for (h, &days) in params.horizons.iter().enumerate() {

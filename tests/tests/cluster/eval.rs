@@ -35,6 +35,22 @@ fn cdnow_scores_every_customer_out_of_fold_near_the_baselines() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no AUC in {out}"));
     assert!(auc > 0.75 && auc < 0.95, "AUC {auc}\n{out}");
+    // Predicted total holdout transactions land within 25% of the actual.
+    let totals = out
+        .lines()
+        .find(|l| l.starts_with("total holdout transactions"))
+        .unwrap_or_else(|| panic!("no totals in {out}"));
+    let number = |after: &str| -> f64 {
+        totals.split(after).nth(1).unwrap().split_whitespace().next().unwrap()
+            .trim_end_matches(|c: char| !c.is_ascii_digit())
+            .parse()
+            .unwrap()
+    };
+    let (actual, predicted) = (number("actual "), number("predicted "));
+    assert!(
+        (predicted - actual).abs() / actual < 0.25,
+        "{totals}"
+    );
 
     let (code, _, err) =
         encore(&["eval", "cdnow", "--src", "/nonexistent/CDNOW_master.txt"]).unwrap();
