@@ -165,7 +165,11 @@ pub async fn run(config: WorkerConfig) {
 
 /// The job's pipeline settings from its spec; the error is the reason the
 /// job fails (without retrying).
-fn training_job(config: &WorkerConfig, job: &Job, control: TrainControl) -> Result<Training, String> {
+fn training_job(
+    config: &WorkerConfig,
+    job: &Job,
+    control: TrainControl,
+) -> Result<Training, String> {
     let spec = job.spec.clone().unwrap_or_default();
     let cutoff = NaiveDate::parse_from_str(&spec.cutoff, "%Y-%m-%d")
         .map_err(|e| format!("cutoff '{}': {e}", spec.cutoff))?;
@@ -210,7 +214,10 @@ fn training_job(config: &WorkerConfig, job: &Job, control: TrainControl) -> Resu
             device,
             control,
         })),
-        _ => Err(format!("job kind {} is not one this executor trains", job.kind)),
+        _ => Err(format!(
+            "job kind {} is not one this executor trains",
+            job.kind
+        )),
     }
 }
 
@@ -239,8 +246,8 @@ async fn training_session(scheduler: &str) -> datafusion::error::Result<SessionC
     use ballista::prelude::SessionConfigExt;
     use datafusion::execution::SessionStateBuilder;
     use datafusion::prelude::SessionConfig;
-    let config = SessionConfig::new_with_ballista()
-        .set_bool("ballista.planner.adaptive.enabled", false);
+    let config =
+        SessionConfig::new_with_ballista().set_bool("ballista.planner.adaptive.enabled", false);
     let state = SessionStateBuilder::new()
         .with_config(config)
         .with_default_features()

@@ -15,8 +15,8 @@ use encore_features::datagen::{DataSpec, generate};
 use encore_models::churn::ChurnConfig;
 use encore_models::recommend::RecommendConfig;
 use encore_models::registry::Registry;
-use encore_proto::encore::v1::{Context, RecommendMode, RecommendRequest, ScoreChurnRequest};
 use encore_proto::encore::v1::scoring_client::ScoringClient;
+use encore_proto::encore::v1::{Context, RecommendMode, RecommendRequest, ScoreChurnRequest};
 
 /// 3,000 users over 75 days, generated once for every test here.
 fn data() -> &'static Path {
@@ -424,7 +424,11 @@ async fn recommend_job_trains_beats_popularity_registers_and_serves() {
         .map(|i| i.item_id)
         .collect();
     assert_eq!(replays.len(), 8.min(replayed.len()), "half of 15, rounded");
-    assert_eq!(replays[..], replayed[..replays.len()], "most replayed first");
+    assert_eq!(
+        replays[..],
+        replayed[..replays.len()],
+        "most replayed first"
+    );
     for item in playlist.items.iter().filter(|i| i.reason != "replay") {
         assert!(!played.contains(&item.item_id), "{item:?} is not new");
         if item.reason == "new_in_genre" {

@@ -406,7 +406,11 @@ impl ServedModel {
                 fallback: true,
             });
         if ranked.fallback {
-            let items = ranked.items.into_iter().take(k).map(|(i, _)| (i, "popular"));
+            let items = ranked
+                .items
+                .into_iter()
+                .take(k)
+                .map(|(i, _)| (i, "popular"));
             return Ok((position(items.collect()), true));
         }
         let in_genre = |item: &i64| {

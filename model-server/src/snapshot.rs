@@ -181,8 +181,11 @@ impl Snapshot {
         let replayed = list("replayed", DataType::Int64)?;
         let played = list("played", DataType::Int64)?;
         let genres = list("favourite_genres", DataType::Utf8)?;
-        let (replayed, played, genres) =
-            (replayed.as_list::<i32>(), played.as_list::<i32>(), genres.as_list::<i32>());
+        let (replayed, played, genres) = (
+            replayed.as_list::<i32>(),
+            played.as_list::<i32>(),
+            genres.as_list::<i32>(),
+        );
         let ints = |a: arrow::array::ArrayRef| -> Vec<i64> {
             a.as_primitive::<Int64Type>().iter().flatten().collect()
         };

@@ -201,7 +201,10 @@ pub struct Context {
 
 impl Context {
     /// No context.
-    pub const UNKNOWN: Context = Context { hour: -1, device: 0 };
+    pub const UNKNOWN: Context = Context {
+        hour: -1,
+        device: 0,
+    };
 
     /// The hour slot: 0 unknown, 1..=6 for four-hour slots.
     pub fn slot(&self) -> i64 {
@@ -589,10 +592,19 @@ impl TrainedRecommend {
                 "history item {bad} is outside 0..{items}"
             )));
         }
-        let ids: Vec<i64> = users.iter().map(|u| u.unwrap_or(0).clamp(0, max - 1)).collect();
+        let ids: Vec<i64> = users
+            .iter()
+            .map(|u| u.unwrap_or(0).clamp(0, max - 1))
+            .collect();
         let known: Vec<f32> = users
             .iter()
-            .map(|u| if u.is_some_and(|u| (0..max).contains(&u)) { 1.0 } else { 0.0 })
+            .map(|u| {
+                if u.is_some_and(|u| (0..max).contains(&u)) {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
             .collect();
         let positions: Vec<i64> = (0..users.len() as i64).collect();
         Ok(tch::no_grad(|| {
@@ -622,8 +634,11 @@ impl TrainedRecommend {
             )));
         }
         let cpu = |t: &Tensor| t.detach().to_device(Device::Cpu).contiguous();
-        let (mean, std): (Vec<f32>, Vec<f32>) =
-            self.standardisation.iter().map(|(_, m, s)| (*m, *s)).unzip();
+        let (mean, std): (Vec<f32>, Vec<f32>) = self
+            .standardisation
+            .iter()
+            .map(|(_, m, s)| (*m, *s))
+            .unzip();
         let mean = Tensor::from_slice(&mean);
         let std = Tensor::from_slice(&std);
         let ids = Tensor::from_slice(item_ids);
@@ -718,8 +733,8 @@ pub fn train(
         frequency[i as usize] += 1.0;
     }
     let log_count = Tensor::from_slice(&frequency).log1p();
-    let popularity = (&log_count - log_count.mean(Kind::Float))
-        / log_count.std(false).clamp_min(1e-6);
+    let popularity =
+        (&log_count - log_count.mean(Kind::Float)) / log_count.std(false).clamp_min(1e-6);
     let artists = if data.item_artist.is_empty() {
         vec![0; data.items as usize]
     } else {
@@ -965,7 +980,9 @@ mod tests {
             batch_size: 1,
             ..Default::default()
         };
-        let e = train(&data, &cfg, Device::Cpu, &TrainControl::default(), |_| true).err().unwrap();
+        let e = train(&data, &cfg, Device::Cpu, &TrainControl::default(), |_| true)
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("batch_size"), "{e}");
         let set = |k: &str, v: &str| RecommendConfig::default().apply(&[(k, v)]);
         assert_eq!(set("temperature", "0.3").unwrap().temperature, 0.3);
@@ -984,9 +1001,15 @@ mod tests {
                 .contains("dim = 'x'")
         );
         data.train.push((999, 0));
-        let e = train(&data, &RecommendConfig::default(), Device::Cpu, &TrainControl::default(), |_| true)
-            .err()
-            .unwrap();
+        let e = train(
+            &data,
+            &RecommendConfig::default(),
+            Device::Cpu,
+            &TrainControl::default(),
+            |_| true,
+        )
+        .err()
+        .unwrap();
         assert!(e.to_string().contains("(999, 0)"), "{e}");
     }
 
@@ -1036,14 +1059,25 @@ mod tests {
         let users: Vec<i64> = (0..data.users).collect();
         let share_even = |context: Context| {
             let uv = trained.user_vectors_in(&users, context);
-            let (_, top) = uv.matmul(&trained.item_vectors.transpose(0, 1)).topk(5, 1, true, true);
+            let (_, top) = uv
+                .matmul(&trained.item_vectors.transpose(0, 1))
+                .topk(5, 1, true, true);
             let top = Vec::<i64>::try_from(top.flatten(0, -1)).unwrap();
             top.iter().filter(|i| *i % 2 == 0).count() as f64 / top.len() as f64
         };
-        let evening_phone = share_even(Context { hour: 21, device: 1 });
+        let evening_phone = share_even(Context {
+            hour: 21,
+            device: 1,
+        });
         let morning_tablet = share_even(Context { hour: 6, device: 2 });
-        assert!(evening_phone > 0.8, "device 1 top-5 even share {evening_phone}");
-        assert!(morning_tablet < 0.2, "device 2 top-5 even share {morning_tablet}");
+        assert!(
+            evening_phone > 0.8,
+            "device 1 top-5 even share {evening_phone}"
+        );
+        assert!(
+            morning_tablet < 0.2,
+            "device 2 top-5 even share {morning_tablet}"
+        );
     }
 
     #[test]
@@ -1067,7 +1101,10 @@ mod tests {
         let fixed = trained
             .user_inputs(
                 &users.iter().map(|u| Some(*u)).collect::<Vec<_>>(),
-                &users.iter().map(|u| histories[*u as usize].clone()).collect::<Vec<_>>(),
+                &users
+                    .iter()
+                    .map(|u| histories[*u as usize].clone())
+                    .collect::<Vec<_>>(),
             )
             .unwrap();
         let raw = Tensor::from_slice(
@@ -1078,7 +1115,10 @@ mod tests {
         )
         .reshape([2, 2]);
         let input = Tensor::cat(&[raw, fixed], 1);
-        let context = Context { hour: 20, device: 1 };
+        let context = Context {
+            hour: 20,
+            device: 1,
+        };
         let run = |k: i64| {
             let out = module
                 .forward_is(&[

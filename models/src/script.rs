@@ -72,7 +72,9 @@ pub fn save(type_name: &str, source: &str, buffers: &[(&str, &Tensor)], path: &P
         return Ok(());
     }
     let end = error.iter().position(|&b| b == 0).unwrap_or(error.len());
-    Err(Error::Script(String::from_utf8_lossy(&error[..end]).into_owned()))
+    Err(Error::Script(
+        String::from_utf8_lossy(&error[..end]).into_owned(),
+    ))
 }
 
 #[cfg(test)]
@@ -93,7 +95,13 @@ def forward(self, x: Tensor, k: Tensor) -> Tuple[Tensor, Tensor]:
     top = torch.topk(scores, kk, 1)
     return self.ids[top[1]], top[0]
 ";
-        save("EncoreTest", source, &[("table", &table), ("ids", &ids)], &path).unwrap();
+        save(
+            "EncoreTest",
+            source,
+            &[("table", &table), ("ids", &ids)],
+            &path,
+        )
+        .unwrap();
         let module = tch::CModule::load(&path).unwrap();
         for k in [1i64, 3, 9] {
             let out = module

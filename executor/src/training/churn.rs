@@ -85,12 +85,17 @@ impl ChurnJob {
     }
 }
 
-pub(crate) async fn collect(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, TrainError> {
+pub(crate) async fn collect(
+    ctx: &SessionContext,
+    sql: &str,
+) -> Result<Vec<RecordBatch>, TrainError> {
     Ok(ctx.sql(sql).await?.collect().await?)
 }
 
 /// The first and last play in the data.
-pub(crate) async fn play_span(ctx: &SessionContext) -> Result<(DateTime<Utc>, DateTime<Utc>), TrainError> {
+pub(crate) async fn play_span(
+    ctx: &SessionContext,
+) -> Result<(DateTime<Utc>, DateTime<Utc>), TrainError> {
     let batches = collect(ctx, "SELECT min(ts) AS first, max(ts) AS last FROM plays").await?;
     let at = |i: usize| -> Result<DateTime<Utc>, TrainError> {
         let b = batches

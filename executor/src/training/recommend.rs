@@ -289,7 +289,11 @@ async fn pair_rows(ctx: &SessionContext, params: &PlanParams) -> Result<Vec<Pair
     let mut out = Vec::new();
     for b in collect(ctx, &sql).await? {
         let split = strings(b.column(0))?;
-        let (u, i, n) = (int64s(b.column(1))?, int64s(b.column(2))?, int64s(b.column(3))?);
+        let (u, i, n) = (
+            int64s(b.column(1))?,
+            int64s(b.column(2))?,
+            int64s(b.column(3))?,
+        );
         let seen = cast(b.column(4), &DataType::Boolean)?;
         let seen = seen.as_boolean();
         for r in 0..b.num_rows() {
@@ -322,7 +326,10 @@ async fn discoveries(
         .collect())
 }
 
-fn stage(progress: &mut (dyn FnMut(Progress) -> bool + Send), name: &str) -> Result<(), TrainError> {
+fn stage(
+    progress: &mut (dyn FnMut(Progress) -> bool + Send),
+    name: &str,
+) -> Result<(), TrainError> {
     if progress(Progress::Stage(name.into())) {
         Ok(())
     } else {
@@ -390,7 +397,11 @@ pub async fn train_recommend(
     for r in order {
         let (u, i) = pairs.pairs[r];
         if per_user[u as usize] >= MIN_PAIRS_FOR_VALIDATION
-            && held_for_validation(pairs.users.ids[u as usize], catalogue.items.ids[i as usize], job.config.seed)
+            && held_for_validation(
+                pairs.users.ids[u as usize],
+                catalogue.items.ids[i as usize],
+                job.config.seed,
+            )
         {
             data.validation.push((u, i));
         } else {
@@ -486,7 +497,13 @@ fn evaluate(
         seen.entry(*u).or_default().insert(*i);
     }
     let relevant = model::by_user(test);
-    let m = model::evaluate(&trained.user_vectors, &trained.item_vectors, &seen, &relevant, 10)?;
+    let m = model::evaluate(
+        &trained.user_vectors,
+        &trained.item_vectors,
+        &seen,
+        &relevant,
+        10,
+    )?;
     metrics.insert("recall_at_10".into(), m.recall);
     metrics.insert("ndcg_at_10".into(), m.ndcg);
     metrics.insert("mrr_at_10".into(), m.mrr);
@@ -528,7 +545,11 @@ async fn snapshot(
     let mut plays: HashMap<(i64, i64), i64> = HashMap::new();
     let sql = plans::recommendation_context_sql(params)?;
     for b in collect(ctx, &sql).await? {
-        let (u, i, n) = (int64s(b.column(0))?, int64s(b.column(1))?, int64s(b.column(4))?);
+        let (u, i, n) = (
+            int64s(b.column(0))?,
+            int64s(b.column(1))?,
+            int64s(b.column(4))?,
+        );
         for r in 0..b.num_rows() {
             *plays.entry((u[r], i[r])).or_default() += n[r];
         }
@@ -579,9 +600,8 @@ async fn snapshot(
             .map(|id| history.get(id).cloned().unwrap_or_default())
             .collect();
         let t = trained.user_inputs(&known, &hist)?;
-        inputs_flat.extend(
-            Vec::<f32>::try_from(t.flatten(0, -1)).map_err(encore_models::Error::from)?,
-        );
+        inputs_flat
+            .extend(Vec::<f32>::try_from(t.flatten(0, -1)).map_err(encore_models::Error::from)?);
     }
     let mut fields = vec![Field::new("user_id", DataType::Int64, false)];
     let mut columns: Vec<ArrayRef> = vec![Arc::new(Int64Array::from(ids.clone()))];
@@ -635,8 +655,8 @@ fn return_playlist_batches(
     rows: &[PairRow],
     catalogue: &Catalogue,
 ) -> Result<(RecordBatch, RecordBatch), TrainError> {
-    use datafusion::arrow::array::{ListBuilder, StringBuilder};
     use datafusion::arrow::array::Int64Builder;
+    use datafusion::arrow::array::{ListBuilder, StringBuilder};
     let genre_of = |item: i64| -> Option<&str> {
         let code = catalogue.items.get(item)?;
         let g = catalogue.genre[code as usize];

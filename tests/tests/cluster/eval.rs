@@ -41,16 +41,19 @@ fn cdnow_scores_every_customer_out_of_fold_near_the_baselines() {
         .find(|l| l.starts_with("total holdout transactions"))
         .unwrap_or_else(|| panic!("no totals in {out}"));
     let number = |after: &str| -> f64 {
-        totals.split(after).nth(1).unwrap().split_whitespace().next().unwrap()
+        totals
+            .split(after)
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
             .trim_end_matches(|c: char| !c.is_ascii_digit())
             .parse()
             .unwrap()
     };
     let (actual, predicted) = (number("actual "), number("predicted "));
-    assert!(
-        (predicted - actual).abs() / actual < 0.25,
-        "{totals}"
-    );
+    assert!((predicted - actual).abs() / actual < 0.25, "{totals}");
 
     let (code, _, err) =
         encore(&["eval", "cdnow", "--src", "/nonexistent/CDNOW_master.txt"]).unwrap();

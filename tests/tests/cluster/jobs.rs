@@ -584,7 +584,12 @@ async fn a_recommend_job_trains_on_an_executor_and_registers_a_servable_model() 
         "{:?}",
         job.metrics
     );
-    for file in ["model.pt", "manifest.json", "online/users.parquet", "online/popular.parquet"] {
+    for file in [
+        "model.pt",
+        "manifest.json",
+        "online/users.parquet",
+        "online/popular.parquet",
+    ] {
         assert!(registry.join("recommend/1").join(file).is_file(), "{file}");
     }
 
