@@ -1,10 +1,27 @@
 """The two-tower model of models/src/recommend.rs in plain PyTorch, trained the
 way Encore trains it, to compare samples per second (benches/training.sh).
 
-Same towers (user id + mean history embedding -> MLP, item id + genre ->
-MLP, 64 wide, hidden 128, L2-normalised), temperature 0.2, in-batch softmax
-with the logQ correction, AdamW (lr 2e-3, weight decay 1e-5), same batch
-size, thread count, synthetic pairs and per-step loss read-back.
+Same towers, 64 wide, hidden 128, embeddings initialised N(0, 0.1):
+- user: cat[id embedding (64), mean of a history embedding over the user's
+  first 200 distinct training items in training order (embedding_bag,
+  mode=mean, indices and offsets built on the CPU per batch from the batch
+  users' histories), standardised numeric user features (none in the bench
+  data: F = 0), hour-slot embedding (7 rows, 8 wide), device embedding
+  (max(devices, 1) = 1 row here, 8 wide)] -> Linear(2*64 + F + 2*8, 128) ->
+  ReLU -> Linear(128, 64) -> L2-normalised;
+- item: cat[id, genre and artist (1 row: no artists, every code 0)
+  embeddings (64 each), log1p(pair count) standardised over items
+  (population std)] -> Linear(3*64 + 1, 128) -> ReLU -> Linear(128, 64) ->
+  L2-normalised.
+The bench data has no pair context, so every pair trains with the unknown
+context (hour slot 0, device 0). Per epoch: manual_seed(7 + epoch), randperm
+of the pairs and the context-dropout rand draw on the CPU, then batches:
+logits = u.i / 0.2 - logQ[item] (log of the item's share of the pairs,
+clamped at 1e-9), cross entropy against the diagonal (in-batch negatives),
+AdamW (lr 2e-3, weight decay 1e-5) and the loss read back every step with a
+NaN check. Same batch size, thread count and synthetic pairs as
+benches/src/bin/train_throughput.rs; samples/s = pairs / timed epoch seconds
+(steps only), median of the epochs after the first.
 
     python recommend_train.py --rows 200000 --users 4000 --items 2000 --batch-size 1024 --threads 2
 """
@@ -19,31 +36,74 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+HOUR_SLOTS = 7
+# RecommendConfig::default() in models/src/recommend.rs.
+DIM, HIDDEN, CONTEXT_DIM = 64, 128, 8
+LR, WEIGHT_DECAY, TEMPERATURE = 2e-3, 1e-5, 0.2
+MAX_HISTORY, CONTEXT_DROPOUT, SEED = 200, 0.25, 7
+
 
 def mlp(i, h, o):
     return nn.Sequential(nn.Linear(i, h), nn.ReLU(), nn.Linear(h, o))
 
 
 class TwoTower(nn.Module):
-    def __init__(self, users, items, genres, dim=64, hidden=128):
+    def __init__(self, users, items, genres, artists, devices, features, dim=DIM, hidden=HIDDEN, context_dim=CONTEXT_DIM):
         super().__init__()
-        self.user_id = nn.Embedding(users, dim)
-        self.history = nn.Embedding(items, dim)
-        self.item_id = nn.Embedding(items, dim)
-        self.genre = nn.Embedding(genres, dim)
-        for e in (self.user_id, self.history, self.item_id, self.genre):
+        # The layers of Towers::new.
+        self.user_id = nn.Embedding(max(users, 1), dim)
+        self.history = nn.Embedding(max(items, 1), dim)
+        self.hour = nn.Embedding(HOUR_SLOTS, context_dim)
+        self.device = nn.Embedding(max(devices, 1), context_dim)
+        self.user_mlp = mlp(2 * dim + features + 2 * context_dim, hidden, dim)
+        self.item_id = nn.Embedding(max(items, 1), dim)
+        self.genre = nn.Embedding(max(genres, 1), dim)
+        self.artist = nn.Embedding(max(artists, 1), dim)
+        self.item_mlp = mlp(3 * dim + 1, hidden, dim)
+        for e in (self.user_id, self.history, self.hour, self.device, self.item_id, self.genre, self.artist):
             nn.init.normal_(e.weight, 0.0, 0.1)
-        self.user_mlp = mlp(2 * dim, hidden, dim)
-        self.item_mlp = mlp(2 * dim, hidden, dim)
 
-    def users(self, ids, history):
-        h = history.index_select(0, ids) @ self.history.weight
-        x = torch.cat([self.user_id(ids), h], 1)
+    def users(self, ids, bag_items, bag_offsets, numeric, slot, device):
+        h = F.embedding_bag(bag_items, self.history.weight, bag_offsets, mode="mean")
+        x = torch.cat([self.user_id(ids), h, numeric, self.hour(slot), self.device(device)], 1)
         return F.normalize(self.user_mlp(x), dim=1, eps=1e-6)
 
-    def items(self, ids, genres):
-        x = torch.cat([self.item_id(ids), self.genre(genres.index_select(0, ids))], 1)
+    def items(self, ids, genres, artists, popularity):
+        x = torch.cat(
+            [
+                self.item_id(ids),
+                self.genre(genres.index_select(0, ids)),
+                self.artist(artists.index_select(0, ids)),
+                popularity.index_select(0, ids),
+            ],
+            1,
+        )
         return F.normalize(self.item_mlp(x), dim=1, eps=1e-6)
+
+
+def histories(users, items, n_users, cap=MAX_HISTORY):
+    """Each user's first `cap` distinct training items, as a flat tensor
+    with per-user start and length (CSR)."""
+    per_user = [[] for _ in range(n_users)]
+    seen = set()
+    for u, i in zip(users.tolist(), items.tolist()):
+        if len(per_user[u]) < cap and (u, i) not in seen:
+            seen.add((u, i))
+            per_user[u].append(i)
+    lengths = torch.tensor([len(h) for h in per_user])
+    starts = torch.cumsum(lengths, 0) - lengths
+    flat = torch.tensor([i for h in per_user for i in h], dtype=torch.long)
+    return flat, starts, lengths
+
+
+def bag(flat, starts, lengths, u):
+    """The embedding-bag input of batch users `u`: their histories one after
+    the other, and where each starts."""
+    lens = lengths.index_select(0, u)
+    offsets = torch.cumsum(lens, 0) - lens
+    total = int(lens.sum())
+    within = torch.arange(total) - offsets.repeat_interleave(lens)
+    return flat.index_select(0, starts.index_select(0, u).repeat_interleave(lens) + within), offsets
 
 
 def pairs(n, users, items):
@@ -76,24 +136,36 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     a, _ = p.parse_known_args()
     torch.set_num_threads(a.threads)
-    torch.manual_seed(7)
     users, items = pairs(a.rows, a.users, a.items)
+    torch.manual_seed(SEED)
     genres = 1 + torch.arange(a.items) % 20
-    history = torch.zeros(a.users, a.items)
-    history[users, items] = 1.0
-    history = history / history.sum(1, keepdim=True).clamp_min(1.0)
+    artists = torch.zeros(a.items, dtype=torch.long)  # no artists: all code 0
+    numeric = torch.zeros(a.users, 0)  # no user features: F = 0
+    flat, starts, lengths = histories(users, items, a.users)
     freq = torch.bincount(items, minlength=a.items).float()
+    log_count = freq.log1p()
+    popularity = ((log_count - log_count.mean()) / log_count.std(unbiased=False).clamp_min(1e-6)).unsqueeze(1)
     log_q = (freq / a.rows).clamp_min(1e-9).log()
-    model = TwoTower(a.users, a.items, 21)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-5)
+    model = TwoTower(a.users, a.items, genres=21, artists=0, devices=0, features=numeric.shape[1])
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     per_epoch = []
-    for _ in range(a.epochs):
-        started = time.perf_counter()
+    for epoch in range(1, a.epochs + 1):
+        torch.manual_seed(SEED + epoch)
         perm = torch.randperm(a.rows)
+        # The context-dropout draw (a pair keeps its context where >= CONTEXT_DROPOUT;
+        # the bench pairs have none).
+        torch.rand(a.rows)
+        started = time.perf_counter()
         for start in range(0, a.rows, a.batch_size):
             idx = perm[start : start + a.batch_size]
             u, i = users.index_select(0, idx), items.index_select(0, idx)
-            logits = model.users(u, history) @ model.items(i, genres).t() / 0.2 - log_q.index_select(0, i).unsqueeze(0)
+            bag_items, bag_offsets = bag(flat, starts, lengths, u)
+            # Unknown context for every pair: hour slot 0, device 0.
+            slot = torch.zeros(len(idx), dtype=torch.long)
+            device = torch.zeros(len(idx), dtype=torch.long)
+            uv = model.users(u, bag_items, bag_offsets, numeric.index_select(0, u), slot, device)
+            iv = model.items(i, genres, artists, popularity)
+            logits = uv @ iv.t() / TEMPERATURE - log_q.index_select(0, i).unsqueeze(0)
             loss = F.cross_entropy(logits, torch.arange(len(idx)))
             opt.zero_grad()
             loss.backward()
@@ -101,9 +173,6 @@ def main():
             if not math.isfinite(loss.item()):
                 raise SystemExit("diverged")
         per_epoch.append(a.rows / (time.perf_counter() - started))
-        with torch.no_grad():
-            model.users(torch.arange(a.users), history)
-            model.items(torch.arange(a.items), genres)
     print(json.dumps({
         "engine": f"python torch {torch.__version__}",
         "model": "recommend",
