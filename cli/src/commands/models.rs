@@ -54,7 +54,8 @@ fn split(model: &str) -> (&str, &str) {
     model.split_once(':').unwrap_or((model, ""))
 }
 
-/// The metric shown in lists: the longest horizon's AUC, else the first metric.
+/// The metric shown in lists: the longest horizon's AUC (churn), else
+/// Recall@10 (recommend), else the first metric.
 fn headline(manifest: &encore_models::registry::Manifest) -> String {
     let Some(metrics) = manifest.extra.get("metrics").and_then(|m| m.as_object()) else {
         return String::new();
@@ -68,7 +69,8 @@ fn headline(manifest: &encore_models::registry::Manifest) -> String {
                 .parse::<u32>()
                 .unwrap_or(0)
         });
-    match auc.or_else(|| metrics.iter().next()) {
+    let recall = metrics.get_key_value("recall_at_10");
+    match auc.or(recall).or_else(|| metrics.iter().next()) {
         Some((k, v)) => format!("{k}={:.4}", v.as_f64().unwrap_or(f64::NAN)),
         None => String::new(),
     }

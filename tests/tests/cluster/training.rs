@@ -1,5 +1,5 @@
 //! `encore train` and `encore models` as users run them: train two churn
-//! versions on generated data, list them, promote, roll back, show, and
+//! versions and a recommendation model on generated data, list them, promote, roll back, show, and
 //! refuse bad input with one clear line.
 
 use encore_tests::encore;
@@ -49,8 +49,50 @@ fn train_registers_versions_and_models_promote_and_roll_back() {
         all.extend_from_slice(&["--registry", &registry]);
         encore(&all).unwrap()
     };
+    // A recommendation model beside it, and a bad setting refused up front.
+    let (code, out, err) = encore(&[
+        "train",
+        "recommend",
+        "--data",
+        &data,
+        "--cutoff",
+        "2026-01-25",
+        "--registry",
+        &registry,
+        "--cpu",
+        "--set",
+        "epochs=2",
+    ])
+    .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("registered recommend:1"), "{out}");
+    assert!(
+        out.contains("recall_at_10") && out.contains("popular_recall_at_10"),
+        "{out}"
+    );
+    let (code, _, err) = encore(&[
+        "train",
+        "recommend",
+        "--data",
+        &data,
+        "--cutoff",
+        "2026-01-25",
+        "--registry",
+        &registry,
+        "--set",
+        "horizon=7",
+    ])
+    .unwrap();
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown recommend setting 'horizon'"), "{err}");
+
     let (code, out, _) = models(&["list"]);
     assert_eq!(code, 0);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("recommend") && l.contains("recall_at_10=")),
+        "{out}"
+    );
     let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("churn")).collect();
     assert_eq!(lines.len(), 2, "{out}");
     assert!(
