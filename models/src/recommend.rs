@@ -61,6 +61,8 @@ pub struct RecommendConfig {
     pub max_history: usize,
     /// Probability of training a pair with its context made unknown.
     pub context_dropout: f64,
+    /// Whether the item tower reads the item's popularity.
+    pub popularity: bool,
     /// Seed of initialisation and shuffles.
     pub seed: i64,
 }
@@ -79,12 +81,13 @@ impl Default for RecommendConfig {
             patience: 5,
             max_history: 200,
             context_dropout: 0.25,
+            popularity: true,
             seed: 7,
         }
     }
 }
 
-const SETTINGS: &str = "dim, hidden, context_dim, epochs, batch_size, lr, weight_decay, temperature, patience, max_history, context_dropout, seed";
+const SETTINGS: &str = "dim, hidden, context_dim, epochs, batch_size, lr, weight_decay, temperature, patience, max_history, context_dropout, popularity, seed";
 
 impl RecommendConfig {
     /// Settings from a TOML document (the CLI's `--config` file, a job's
@@ -117,6 +120,7 @@ impl RecommendConfig {
             "patience" => self.patience = value.parse().map_err(|e| bad(&e))?,
             "max_history" => self.max_history = value.parse().map_err(|e| bad(&e))?,
             "context_dropout" => self.context_dropout = value.parse().map_err(|e| bad(&e))?,
+            "popularity" => self.popularity = value.parse().map_err(|e| bad(&e))?,
             "seed" => self.seed = value.parse().map_err(|e| bad(&e))?,
             _ => {
                 return Err(Error::InvalidConfig(format!(
@@ -733,8 +737,11 @@ pub fn train(
         frequency[i as usize] += 1.0;
     }
     let log_count = Tensor::from_slice(&frequency).log1p();
-    let popularity =
-        (&log_count - log_count.mean(Kind::Float)) / log_count.std(false).clamp_min(1e-6);
+    let popularity = if cfg.popularity {
+        (&log_count - log_count.mean(Kind::Float)) / log_count.std(false).clamp_min(1e-6)
+    } else {
+        log_count.zeros_like()
+    };
     let artists = if data.item_artist.is_empty() {
         vec![0; data.items as usize]
     } else {
@@ -986,6 +993,7 @@ mod tests {
         assert!(e.to_string().contains("batch_size"), "{e}");
         let set = |k: &str, v: &str| RecommendConfig::default().apply(&[(k, v)]);
         assert_eq!(set("temperature", "0.3").unwrap().temperature, 0.3);
+        assert!(!set("popularity", "false").unwrap().popularity);
         assert!(
             set("temp", "1")
                 .err()

@@ -60,7 +60,7 @@ pub struct Args {
     /// One setting as KEY=VALUE, over --config. churn: hidden=128,64
     /// embedding_dim epochs batch_size lr weight_decay dropout patience seed;
     /// recommend: dim hidden context_dim epochs batch_size lr weight_decay
-    /// temperature patience max_history context_dropout seed.
+    /// temperature patience max_history context_dropout popularity seed.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
     /// Churn horizons in days (default 7,15,30; churn only).
