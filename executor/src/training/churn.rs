@@ -19,7 +19,7 @@ use encore_models::registry::{self, Feature, Manifest, Registry, RiskTiers, Tens
 use tch::{Device, Tensor};
 
 use super::frame::{self, Frame, Vocabularies};
-use super::{Progress, Promotion, TrainError, register_tables};
+use super::{Progress, Promotion, TrainError, promote, register_tables, stage};
 
 /// Share of labelled users held out for early stopping, and again for the
 /// reported metrics.
@@ -181,13 +181,6 @@ pub async fn train_churn(
     progress: &mut (dyn FnMut(Progress) -> bool + Send),
 ) -> Result<Trained, TrainError> {
     job.check()?;
-    let stage = |progress: &mut (dyn FnMut(Progress) -> bool + Send), name: &str| {
-        if progress(Progress::Stage(name.into())) {
-            Ok(())
-        } else {
-            Err(TrainError::Cancelled)
-        }
-    };
     stage(progress, "computing features and labels")?;
     register_tables(ctx, &job.data).await?;
     let (first, last) = play_span(ctx).await?;
@@ -299,24 +292,14 @@ pub async fn train_churn(
     let version = registry.publish(&job.model_name, &staged, &manifest)?;
 
     let key = format!("auc_{longest}d");
-    let promoted = match job.promotion {
-        Promotion::Never => false,
-        Promotion::Always => true,
-        Promotion::IfBetter => {
-            let current = registry
-                .aliases(&job.model_name)?
-                .get("production")
-                .and_then(|&v| registry.manifest(&job.model_name, v).ok())
-                .and_then(|m| m.extra.get("metrics")?.get(&key)?.as_f64());
-            match current {
-                None => true,
-                Some(c) => metrics.get(&key).is_some_and(|m| *m > c),
-            }
-        }
-    };
-    if promoted {
-        registry.set_alias(&job.model_name, "production", version, "auto-promote")?;
-    }
+    let promoted = promote(
+        &registry,
+        &job.model_name,
+        version,
+        job.promotion,
+        &key,
+        &metrics,
+    )?;
     Ok(Trained {
         version,
         metrics,

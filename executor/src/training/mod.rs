@@ -93,6 +93,50 @@ impl std::str::FromStr for Promotion {
     }
 }
 
+/// Reports the start of stage `name`; an error when `progress` says stop.
+pub(crate) fn stage(
+    progress: &mut (dyn FnMut(Progress) -> bool + Send),
+    name: &str,
+) -> Result<(), TrainError> {
+    if progress(Progress::Stage(name.into())) {
+        Ok(())
+    } else {
+        Err(TrainError::Cancelled)
+    }
+}
+
+/// Applies `promotion` to the new `version` of `model`: with `IfBetter` it
+/// takes `production` when its `metrics[key]` beats production's (or there
+/// is no production yet). Returns whether it was promoted.
+pub(crate) fn promote(
+    registry: &encore_models::registry::Registry,
+    model: &str,
+    version: u64,
+    promotion: Promotion,
+    key: &str,
+    metrics: &std::collections::BTreeMap<String, f64>,
+) -> Result<bool, TrainError> {
+    let promoted = match promotion {
+        Promotion::Never => false,
+        Promotion::Always => true,
+        Promotion::IfBetter => {
+            let current = registry
+                .aliases(model)?
+                .get("production")
+                .and_then(|&v| registry.manifest(model, v).ok())
+                .and_then(|m| m.extra.get("metrics")?.get(key)?.as_f64());
+            match current {
+                None => true,
+                Some(c) => metrics.get(key).is_some_and(|m| *m > c),
+            }
+        }
+    };
+    if promoted {
+        registry.set_alias(model, "production", version, "auto-promote")?;
+    }
+    Ok(promoted)
+}
+
 /// Registers every canonical table found under `data` on `ctx` (replacing
 /// tables of those names); plays and users must be there.
 pub async fn register_tables(ctx: &SessionContext, data: &Path) -> Result<(), TrainError> {

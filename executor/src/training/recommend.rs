@@ -26,7 +26,7 @@ use tch::{Device, Tensor};
 
 use super::churn::{Trained, collect, play_span};
 use super::eval::int64s;
-use super::{Progress, Promotion, TrainError, frame, register_tables};
+use super::{Progress, Promotion, TrainError, frame, promote, register_tables, stage};
 
 /// Share of each user's training pairs held out for early stopping (users
 /// with at least [`MIN_PAIRS_FOR_VALIDATION`] pairs).
@@ -326,17 +326,6 @@ async fn discoveries(
         .collect())
 }
 
-fn stage(
-    progress: &mut (dyn FnMut(Progress) -> bool + Send),
-    name: &str,
-) -> Result<(), TrainError> {
-    if progress(Progress::Stage(name.into())) {
-        Ok(())
-    } else {
-        Err(TrainError::Cancelled)
-    }
-}
-
 /// Runs the job on `ctx`; `progress` sees each stage and epoch and returns
 /// false to cancel.
 pub async fn train_recommend(
@@ -450,24 +439,14 @@ pub async fn train_recommend(
     let manifest = manifest(job, &trained, &data, &pairs, &metrics, serve_at, test.len());
     let version = registry.publish(&job.model_name, &staged, &manifest)?;
 
-    let promoted = match job.promotion {
-        Promotion::Never => false,
-        Promotion::Always => true,
-        Promotion::IfBetter => {
-            let current = registry
-                .aliases(&job.model_name)?
-                .get("production")
-                .and_then(|&v| registry.manifest(&job.model_name, v).ok())
-                .and_then(|m| m.extra.get("metrics")?.get(PROMOTION_METRIC)?.as_f64());
-            match current {
-                None => true,
-                Some(c) => metrics.get(PROMOTION_METRIC).is_some_and(|m| *m > c),
-            }
-        }
-    };
-    if promoted {
-        registry.set_alias(&job.model_name, "production", version, "auto-promote")?;
-    }
+    let promoted = promote(
+        &registry,
+        &job.model_name,
+        version,
+        job.promotion,
+        PROMOTION_METRIC,
+        &metrics,
+    )?;
     Ok(Trained {
         version,
         metrics,
