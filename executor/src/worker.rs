@@ -63,28 +63,38 @@ enum Update {
 
 impl Update {
     fn of(p: Progress) -> Self {
+        let epoch = |epoch, total_epochs, step, loss, samples_per_second, metric: &str, value| {
+            Update::Epoch {
+                progress: JobProgress {
+                    epoch,
+                    total_epochs,
+                    step,
+                    loss,
+                    samples_per_second,
+                },
+                metrics: HashMap::from([(metric.to_owned(), value)]),
+            }
+        };
         match p {
             Progress::Stage(s) => Update::Stage(s),
-            Progress::Epoch(r) => Update::Epoch {
-                progress: JobProgress {
-                    epoch: r.epoch,
-                    total_epochs: r.total_epochs,
-                    step: r.step,
-                    loss: r.loss,
-                    samples_per_second: r.samples_per_second,
-                },
-                metrics: HashMap::from([("val_loss".to_owned(), r.validation_loss)]),
-            },
-            Progress::RecEpoch(r) => Update::Epoch {
-                progress: JobProgress {
-                    epoch: r.epoch,
-                    total_epochs: r.total_epochs,
-                    step: r.step,
-                    loss: r.loss,
-                    samples_per_second: r.samples_per_second,
-                },
-                metrics: HashMap::from([("val_recall_at_10".to_owned(), r.validation_recall)]),
-            },
+            Progress::Epoch(r) => epoch(
+                r.epoch,
+                r.total_epochs,
+                r.step,
+                r.loss,
+                r.samples_per_second,
+                "val_loss",
+                r.validation_loss,
+            ),
+            Progress::RecEpoch(r) => epoch(
+                r.epoch,
+                r.total_epochs,
+                r.step,
+                r.loss,
+                r.samples_per_second,
+                "val_recall_at_10",
+                r.validation_recall,
+            ),
         }
     }
 }

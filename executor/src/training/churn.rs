@@ -19,7 +19,7 @@ use encore_models::registry::{self, Feature, Manifest, Registry, RiskTiers, Tens
 use tch::{Device, Tensor};
 
 use super::frame::{self, Frame, Vocabularies};
-use super::{Progress, Promotion, TrainError, promote, register_tables, stage};
+use super::{Progress, Promotion, TrainError, manifest_extra, promote, register_tables, stage};
 
 /// Share of labelled users held out for early stopping, and again for the
 /// reported metrics.
@@ -432,33 +432,24 @@ fn manifest(
             )
         })
         .collect();
-    let mut extra = BTreeMap::new();
-    extra.insert(
-        "created_at".into(),
-        serde_json::json!(Utc::now().to_rfc3339()),
-    );
-    extra.insert("training_job_id".into(), serde_json::json!(job.job_id));
-    extra.insert("horizons_days".into(), serde_json::json!(job.horizons));
-    extra.insert("metrics".into(), serde_json::json!(metrics));
-    extra.insert(
-        "data".into(),
+    let mut extra = manifest_extra(
+        &job.job_id,
+        metrics,
         serde_json::json!({
             "path": job.data.display().to_string(),
             "cutoff": job.cutoff.to_string(),
             "snapshot_cutoff": serve_at.to_string(),
             "labelled_users": rows.rows(),
         }),
-    );
-    extra.insert("config".into(), serde_json::json!(job.config));
-    extra.insert("best_epoch".into(), serde_json::json!(trained.best_epoch));
-    extra.insert(
-        "history".into(),
+        serde_json::json!(job.config),
+        trained.best_epoch,
         serde_json::json!(trained
             .history
             .iter()
             .map(|r| serde_json::json!({"epoch": r.epoch, "loss": r.loss, "validation_loss": r.validation_loss, "samples_per_second": r.samples_per_second}))
             .collect::<Vec<_>>()),
     );
+    extra.insert("horizons_days".into(), serde_json::json!(job.horizons));
     Manifest {
         name: job.model_name.clone(),
         version: 0,

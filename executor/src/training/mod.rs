@@ -137,6 +137,29 @@ pub(crate) fn promote(
     Ok(promoted)
 }
 
+/// The manifest fields every trained version records: creation time, the
+/// job, held-out metrics, the data it saw, its settings, the kept epoch and
+/// the per-epoch history.
+pub(crate) fn manifest_extra(
+    job_id: &str,
+    metrics: &std::collections::BTreeMap<String, f64>,
+    data: serde_json::Value,
+    config: serde_json::Value,
+    best_epoch: u32,
+    history: serde_json::Value,
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    use serde_json::json;
+    std::collections::BTreeMap::from([
+        ("created_at".into(), json!(chrono::Utc::now().to_rfc3339())),
+        ("training_job_id".into(), json!(job_id)),
+        ("metrics".into(), json!(metrics)),
+        ("data".into(), data),
+        ("config".into(), config),
+        ("best_epoch".into(), json!(best_epoch)),
+        ("history".into(), history),
+    ])
+}
+
 /// Registers every canonical table found under `data` on `ctx` (replacing
 /// tables of those names); plays and users must be there.
 pub async fn register_tables(ctx: &SessionContext, data: &Path) -> Result<(), TrainError> {

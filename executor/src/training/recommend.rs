@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use chrono::{NaiveDate, Utc};
+use chrono::NaiveDate;
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, Float32Array, Int64Array, RecordBatch, StringArray,
 };
@@ -26,7 +26,9 @@ use tch::{Device, Tensor};
 
 use super::churn::{Trained, collect, play_span};
 use super::eval::int64s;
-use super::{Progress, Promotion, TrainError, frame, promote, register_tables, stage};
+use super::{
+    Progress, Promotion, TrainError, frame, manifest_extra, promote, register_tables, stage,
+};
 
 /// Share of each user's training pairs held out for early stopping (users
 /// with at least [`MIN_PAIRS_FOR_VALIDATION`] pairs).
@@ -730,15 +732,9 @@ fn manifest(
         dtype: dtype.into(),
         shape: shape.to_vec(),
     };
-    let mut extra = BTreeMap::new();
-    extra.insert(
-        "created_at".into(),
-        serde_json::json!(Utc::now().to_rfc3339()),
-    );
-    extra.insert("training_job_id".into(), serde_json::json!(job.job_id));
-    extra.insert("metrics".into(), serde_json::json!(metrics));
-    extra.insert(
-        "data".into(),
+    let mut extra = manifest_extra(
+        &job.job_id,
+        metrics,
         serde_json::json!({
             "path": job.data.display().to_string(),
             "cutoff": job.cutoff.to_string(),
@@ -749,10 +745,10 @@ fn manifest(
             "validation_pairs": data.validation.len(),
             "test_pairs": test_pairs,
         }),
+        serde_json::json!(job.config),
+        trained.best_epoch,
+        serde_json::json!(trained.reports),
     );
-    extra.insert("config".into(), serde_json::json!(job.config));
-    extra.insert("best_epoch".into(), serde_json::json!(trained.best_epoch));
-    extra.insert("history".into(), serde_json::json!(trained.reports));
     extra.insert(
         "hour_slots".into(),
         serde_json::json!("hour -1: unknown; else UTC hour 0-23 in four-hour slots"),
