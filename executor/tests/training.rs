@@ -194,16 +194,21 @@ async fn churn_job_trains_registers_and_serves() {
     assert_eq!(reg.resolve("churn", "production").unwrap(), 1);
 }
 
+/// Every batch of the Parquet file at `path`.
+fn read_batches(path: &Path) -> Vec<datafusion::arrow::array::RecordBatch> {
+    let file = std::fs::File::open(path).unwrap();
+    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
 fn first_user(snapshot: &Path) -> i64 {
     use datafusion::arrow::array::AsArray;
     use datafusion::arrow::datatypes::Int64Type;
-    let file = std::fs::File::open(snapshot).unwrap();
-    let mut reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap();
-    let batch = reader.next().unwrap().unwrap();
-    batch
+    read_batches(snapshot)[0]
         .column_by_name("user_id")
         .unwrap()
         .as_primitive::<Int64Type>()
@@ -456,14 +461,8 @@ type Returning = (Vec<i64>, std::collections::HashSet<i64>, Vec<String>);
 fn read_returning(online: &Path) -> std::collections::BTreeMap<i64, Returning> {
     use datafusion::arrow::array::AsArray;
     use datafusion::arrow::datatypes::Int64Type;
-    let file = std::fs::File::open(online.join("return.parquet")).unwrap();
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap();
     let mut out = std::collections::BTreeMap::new();
-    for batch in reader {
-        let b = batch.unwrap();
+    for b in read_batches(&online.join("return.parquet")) {
         let ids = b.column(0).as_primitive::<Int64Type>();
         let (replayed, played, genres) = (
             b.column(1).as_list::<i32>(),
@@ -497,14 +496,8 @@ fn read_returning(online: &Path) -> std::collections::BTreeMap<i64, Returning> {
 fn read_genres(online: &Path) -> std::collections::HashMap<i64, String> {
     use datafusion::arrow::array::{Array, AsArray};
     use datafusion::arrow::datatypes::Int64Type;
-    let file = std::fs::File::open(online.join("items.parquet")).unwrap();
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap();
     let mut out = std::collections::HashMap::new();
-    for batch in reader {
-        let b = batch.unwrap();
+    for b in read_batches(&online.join("items.parquet")) {
         let ids = b.column(0).as_primitive::<Int64Type>();
         let genres = b.column(1).as_string::<i32>();
         for r in 0..b.num_rows() {

@@ -39,6 +39,39 @@ pub struct CheckpointState {
     pub fingerprint: String,
 }
 
+impl CheckpointState {
+    /// The state after `epoch`: `best` is (lowest loss, its epoch), `reports`
+    /// the per-epoch reports so far.
+    pub fn after<R: Serialize>(
+        epoch: u32,
+        step: u64,
+        best: (f64, u32),
+        reports: &[R],
+        fingerprint: &str,
+    ) -> Self {
+        Self {
+            epoch,
+            step,
+            best_loss: best.0,
+            best_epoch: best.1,
+            history: reports
+                .iter()
+                .map(|r| serde_json::to_value(r).expect("reports serialise"))
+                .collect(),
+            fingerprint: fingerprint.to_owned(),
+        }
+    }
+
+    /// The per-epoch reports, read back as `R` (entries that do not parse
+    /// are skipped).
+    pub fn reports<R: for<'de> Deserialize<'de>>(&self) -> Vec<R> {
+        self.history
+            .iter()
+            .filter_map(|v| serde_json::from_value(v.clone()).ok())
+            .collect()
+    }
+}
+
 /// A restored checkpoint.
 pub struct Restored {
     /// Counters and history.

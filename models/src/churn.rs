@@ -532,11 +532,7 @@ pub fn train(
         && let Some(restored) = checkpoint::restore(dir, &mut vs, &fingerprint)?
     {
         let s = restored.state;
-        history = s
-            .history
-            .iter()
-            .filter_map(|v| serde_json::from_value(v.clone()).ok())
-            .collect();
+        history = s.reports();
         best = (s.best_loss, s.best_epoch);
         best_weights = Some(restored.best);
         step = s.step;
@@ -604,17 +600,7 @@ pub fn train(
             best_weights = Some(crate::checkpoint::snapshot(&vs));
         }
         if let Some(dir) = &control.checkpoint_dir {
-            let state = CheckpointState {
-                epoch,
-                step,
-                best_loss: best.0,
-                best_epoch: best.1,
-                history: history
-                    .iter()
-                    .map(|r| serde_json::to_value(r).expect("reports serialise"))
-                    .collect(),
-                fingerprint: fingerprint.clone(),
-            };
+            let state = CheckpointState::after(epoch, step, best, &history, &fingerprint);
             checkpoint::save(dir, &vs, best_weights.as_deref().unwrap_or(&[]), &state)?;
         }
         if !report(&r) {
