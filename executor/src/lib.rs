@@ -10,6 +10,7 @@
 //! Start it with [`start_executor`]; the returned [`ExecutorHandle`] carries
 //! the bound addresses.
 
+pub mod checkpoints;
 pub mod config;
 mod engine;
 pub mod error;

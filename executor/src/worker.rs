@@ -12,7 +12,7 @@
 //! every mini-batch and the pipeline at every stage.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 use tracing::{info, warn};
 
+use crate::checkpoints::Checkpoints;
 use crate::training::{
     ChurnJob, Progress, Promotion, RecommendJob, TrainError, train_churn, train_recommend,
 };
@@ -119,13 +120,6 @@ impl Training {
             Training::Recommend(j) => &j.model_name,
         }
     }
-
-    fn control(&self) -> &TrainControl {
-        match self {
-            Training::Churn(j) => &j.control,
-            Training::Recommend(j) => &j.control,
-        }
-    }
 }
 
 /// The result of one attempt, as the scheduler will hear it.
@@ -161,8 +155,9 @@ pub async fn run(config: WorkerConfig) {
                 let r = r.into_inner();
                 if let Some(job) = r.job {
                     let lease = Duration::from_millis(r.lease_ms.max(500));
-                    let checkpoint = PathBuf::from(r.checkpoint_uri);
-                    run_job(&config, &mut client, job, lease, checkpoint).await;
+                    let registry = job.spec.as_ref().map_or("", |s| s.registry_uri.as_str());
+                    let checkpoints = Checkpoints::new(&r.checkpoint_uri, registry);
+                    run_job(&config, &mut client, job, lease, checkpoints).await;
                     continue;
                 }
             }
@@ -199,7 +194,7 @@ fn training_job(
             job_id: job.id.clone(),
             data: PathBuf::from(&spec.data_uri),
             cutoff,
-            registry: PathBuf::from(&spec.registry_uri),
+            registry: spec.registry_uri.clone(),
             model_name: spec.model_name,
             horizons: spec.horizons_days,
             config: ChurnConfig::from_toml(&spec.config_toml)
@@ -214,7 +209,7 @@ fn training_job(
             job_id: job.id.clone(),
             data: PathBuf::from(&spec.data_uri),
             cutoff,
-            registry: PathBuf::from(&spec.registry_uri),
+            registry: spec.registry_uri.clone(),
             model_name: spec.model_name,
             config: RecommendConfig::from_toml(&spec.config_toml)
                 .map_err(|e| format!("config_toml: {e}"))?
@@ -271,6 +266,7 @@ fn spawn_training(
     threads: usize,
     updates: mpsc::UnboundedSender<Update>,
     cancel: Arc<AtomicBool>,
+    checkpoints: Arc<Checkpoints>,
 ) -> oneshot::Receiver<Ending> {
     let (done_tx, done_rx) = oneshot::channel();
     let name = format!("train-{}", job.job_id());
@@ -289,6 +285,10 @@ fn spawn_training(
                     ))
                 })?;
                 let mut on_progress = |p: Progress| {
+                    // An epoch ends after its checkpoint is written.
+                    if matches!(p, Progress::Epoch(_) | Progress::RecEpoch(_)) {
+                        checkpoints.push();
+                    }
                     let _ = updates.send(Update::of(p));
                     !cancel.load(Ordering::Relaxed)
                 };
@@ -305,9 +305,7 @@ fn spawn_training(
         let ending = match ending {
             Ok(trained) => {
                 // The model is registered; its checkpoints are done with.
-                if let Some(dir) = &job.control().checkpoint_dir {
-                    let _ = std::fs::remove_dir_all(dir);
-                }
+                checkpoints.clear();
                 Ending {
                     outcome: JobOutcome::Succeeded,
                     error: String::new(),
@@ -348,7 +346,7 @@ async fn run_job(
     client: &mut JobWorkerClient<Channel>,
     job: Job,
     lease: Duration,
-    checkpoint: PathBuf,
+    checkpoints: Checkpoints,
 ) {
     let (id, attempt) = (job.id.clone(), job.attempt);
     info!(job = %id, attempt, "training job started");
@@ -363,20 +361,35 @@ async fn run_job(
         }
     };
     let cancel = Arc::new(AtomicBool::new(false));
+    // Checkpoints of an earlier attempt (in an object store: downloaded first).
+    let checkpoints = Arc::new(checkpoints);
+    let pulling = checkpoints.clone();
+    let _ = tokio::task::spawn_blocking(move || pulling.pull()).await;
     let control = TrainControl {
-        checkpoint_dir: (!checkpoint.as_os_str().is_empty()).then_some(checkpoint.clone()),
+        checkpoint_dir: checkpoints.dir().map(Path::to_path_buf),
         cancel: Some(cancel.clone()),
     };
     let (tx, mut updates) = mpsc::unbounded_channel();
     let mut done = match training_job(config, &job, control) {
         Ok(training) => {
-            if let Some(epoch) = encore_models::checkpoint::latest_epoch(&checkpoint) {
+            if let Some(epoch) = checkpoints
+                .dir()
+                .and_then(encore_models::checkpoint::latest_epoch)
+            {
                 let _ = tx.send(Update::Stage(format!(
                     "resuming from the checkpoint after epoch {epoch}"
                 )));
             }
             let scheduler = format!("df://{}:{}", config.scheduler_host, config.scheduler_port);
-            spawn_training(scheduler, training, config.threads, tx, cancel.clone())
+            let threads = config.threads;
+            spawn_training(
+                scheduler,
+                training,
+                threads,
+                tx,
+                cancel.clone(),
+                checkpoints,
+            )
         }
         Err(reason) => {
             drop(tx);

@@ -45,7 +45,7 @@ fn job(registry: &Path) -> ChurnJob {
         job_id: "test-job".into(),
         data: data().to_path_buf(),
         cutoff: NaiveDate::from_ymd_opt(CUTOFF.0, CUTOFF.1, CUTOFF.2).unwrap(),
-        registry: registry.to_path_buf(),
+        registry: registry.display().to_string(),
         model_name: "churn".into(),
         horizons: vec![7, 15, 30],
         config: ChurnConfig {
@@ -156,7 +156,7 @@ async fn churn_job_trains_registers_and_serves() {
     let snapshot = reg.version_dir("churn", 1).join("online/users.parquet");
     let user = first_user(&snapshot);
     let server = encore_model_server::start_model_server(encore_model_server::ModelServerConfig {
-        registry: registry.path().to_path_buf(),
+        registry: registry.path().display().to_string(),
         bind_port: 0,
         ..Default::default()
     })
@@ -283,7 +283,7 @@ async fn recommend_job_trains_beats_popularity_registers_and_serves() {
         job_id: "rec-job".into(),
         data: data().to_path_buf(),
         cutoff: NaiveDate::from_ymd_opt(CUTOFF.0, CUTOFF.1, CUTOFF.2).unwrap(),
-        registry: registry.path().to_path_buf(),
+        registry: registry.path().display().to_string(),
         model_name: "recommend".into(),
         config: RecommendConfig {
             epochs: 6,
@@ -363,7 +363,7 @@ async fn recommend_job_trains_beats_popularity_registers_and_serves() {
     // items for an unknown one.
     let user = first_user(&reg.version_dir("recommend", 1).join("online/users.parquet"));
     let server = encore_model_server::start_model_server(encore_model_server::ModelServerConfig {
-        registry: registry.path().to_path_buf(),
+        registry: registry.path().display().to_string(),
         bind_port: 0,
         ..Default::default()
     })

@@ -26,9 +26,11 @@ use encore_model_server::{
     after_help = "Examples:\n  encore-model-server --registry /data/registry\n  encore-model-server --registry registry --model churn --bind-port 0   # any free port, printed on stdout\n  encore-model-server --registry registry --split churn=production:90,staging:10 --shadow churn=candidate"
 )]
 struct Args {
-    /// Model registry folder (<registry>/<model>/<version>/manifest.json + model.pt).
+    /// Model registry: a folder (<registry>/<model>/<version>/manifest.json + model.pt)
+    /// or s3://bucket/prefix (credentials and endpoint from AWS_* variables;
+    /// versions cached in ENCORE_REGISTRY_CACHE or ~/.cache/encore/registry).
     #[arg(long, env = "ENCORE_REGISTRY")]
-    registry: PathBuf,
+    registry: String,
     /// A model to load at start; repeat for more. Default: every model in the registry.
     #[arg(
         long = "model",

@@ -93,7 +93,7 @@ impl ServedModel {
         device: Device,
     ) -> Result<Self> {
         let manifest = registry.manifest(name, version)?;
-        let dir = registry.version_dir(name, version);
+        let dir = registry.fetch(name, version)?;
         let contract = Contract::of(&manifest).map_err(|e| Error::Registry {
             path: dir.join("manifest.json"),
             reason: e.to_string(),

@@ -1,7 +1,6 @@
 //! Starting and stopping the model server.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use encore_common::process::ServerTask;
@@ -26,8 +25,9 @@ use crate::tls::{TlsFiles, TlsListener};
 /// Everything the model server needs to start.
 #[derive(Debug, Clone)]
 pub struct ModelServerConfig {
-    /// Registry root folder.
-    pub registry: PathBuf,
+    /// Registry location: a folder, or `s3://bucket/prefix` (versions are
+    /// cached locally; see `encore_models::registry::object`).
+    pub registry: String,
     /// Models to load at start (their `production` alias, else newest
     /// version); empty loads every model in the registry.
     pub models: Vec<String>,
@@ -54,7 +54,7 @@ pub struct ModelServerConfig {
 impl Default for ModelServerConfig {
     fn default() -> Self {
         Self {
-            registry: PathBuf::from("registry"),
+            registry: "registry".into(),
             models: Vec::new(),
             bind_host: "127.0.0.1".into(),
             bind_port: 8001,
@@ -119,7 +119,7 @@ fn http_routes(store: Arc<ModelStore>, metrics: Arc<ServerMetrics>) -> axum::Rou
 
 /// Loads the configured models, binds, and serves KServe v2 gRPC and HTTP on one port.
 pub async fn start_model_server(config: ModelServerConfig) -> Result<ModelServerHandle> {
-    let registry = Registry::new(&config.registry);
+    let registry = Registry::open(&config.registry)?;
     let metrics =
         Arc::new(ServerMetrics::new().map_err(|e| Error::Internal(format!("metrics: {e}")))?);
     // Certificate problems surface before anything loads or binds.

@@ -103,6 +103,11 @@ fn newest(dir: &Path) -> Option<(u32, PathBuf)> {
         .max_by_key(|(epoch, _)| *epoch)
 }
 
+/// The folder of the checkpoint after `epoch` in `dir`.
+pub fn epoch_dir(dir: &Path, epoch: u32) -> PathBuf {
+    dir.join(format!("epoch-{epoch:06}"))
+}
+
 /// The epoch of the newest checkpoint in `dir`, without loading it.
 pub fn latest_epoch(dir: &Path) -> Option<u32> {
     newest(dir).map(|(epoch, _)| epoch)
@@ -126,7 +131,7 @@ pub fn save(
     let json = serde_json::to_vec_pretty(state).expect("checkpoint state serialises");
     let state_path = staging.join("state.json");
     std::fs::write(&state_path, json).map_err(io(&state_path))?;
-    let target = dir.join(format!("epoch-{:06}", state.epoch));
+    let target = epoch_dir(dir, state.epoch);
     let _ = std::fs::remove_dir_all(&target);
     std::fs::rename(&staging, &target).map_err(io(&target))?;
     // Older epochs are no longer needed.

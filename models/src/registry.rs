@@ -9,15 +9,22 @@
 //! <registry>/<model>/alias_history.json  every alias move, oldest first
 //! ```
 //!
-//! Writes never show a half-written state: a version is staged in a hidden
-//! folder and renamed to its number (a rename fails if another writer took
-//! that number, and the next one is tried); alias files are written to a
-//! temporary name and renamed.
+//! The registry is a local folder (the default) or an object store
+//! (`s3://bucket/prefix`, see [`object`]); [`Registry::open`] takes either.
+//!
+//! Writes never show a half-written state. On a file system a version is
+//! staged in a hidden folder and renamed to its number (a rename fails if
+//! another writer took that number, and the next one is tried); alias files
+//! are written to a temporary name and renamed. On an object store a writer
+//! claims the number with a conditional put and writes the manifest last.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+pub mod object;
+pub use object::ObjectRegistry;
 
 /// What can go wrong reading or writing the registry.
 #[derive(Debug, thiserror::Error)]
@@ -149,39 +156,127 @@ pub struct Manifest {
     pub extra: BTreeMap<String, serde_json::Value>,
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::Invalid {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    serde_json::from_str(&text).map_err(|e| Error::Invalid {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })
-}
-
-/// A registry on the local file system.
+/// A model registry: a local folder or an object store.
 #[derive(Debug, Clone)]
 pub struct Registry {
-    root: PathBuf,
+    backend: Backend,
+}
+
+#[derive(Debug, Clone)]
+enum Backend {
+    Local(PathBuf),
+    Object(ObjectRegistry),
 }
 
 impl Registry {
-    /// The registry rooted at `root`.
+    /// The registry in the local folder `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            backend: Backend::Local(root.into()),
+        }
+    }
+
+    /// The registry at `location`: a folder, a `file://` URL, or
+    /// `s3://bucket/prefix` (credentials and endpoint from the `AWS_*`
+    /// environment variables; versions are cached locally, see [`object`]).
+    pub fn open(location: &str) -> Result<Self> {
+        match location.split_once("://") {
+            None => Ok(Self::new(location)),
+            Some(("file", path)) => Ok(Self::new(path)),
+            Some(("s3" | "s3a", _)) => Ok(Self::object(ObjectRegistry::s3(location)?)),
+            Some((scheme, _)) => Err(Error::Invalid {
+                path: PathBuf::from(location),
+                reason: format!(
+                    "{scheme}:// registries are not supported: use a folder, file:// or s3://"
+                ),
+            }),
+        }
+    }
+
+    /// The registry in an object store.
+    pub fn object(registry: ObjectRegistry) -> Self {
+        Self {
+            backend: Backend::Object(registry),
+        }
+    }
+
+    /// The object store behind the registry, if it is not a local folder.
+    pub fn as_object(&self) -> Option<&ObjectRegistry> {
+        match &self.backend {
+            Backend::Local(_) => None,
+            Backend::Object(store) => Some(store),
+        }
+    }
+
+    /// Where the registry is: its folder or URL.
+    pub fn location(&self) -> String {
+        match &self.backend {
+            Backend::Local(root) => root.display().to_string(),
+            Backend::Object(store) => store.url().to_owned(),
+        }
+    }
+
+    /// `rel` (a `/`-separated path in the registry) as users see it.
+    fn describe(&self, rel: &str) -> PathBuf {
+        match &self.backend {
+            Backend::Local(root) => root.join(rel),
+            Backend::Object(store) => store.describe(rel),
+        }
+    }
+
+    /// The bytes of registry file `rel`, or None if it does not exist.
+    fn read(&self, rel: &str) -> Result<Option<Vec<u8>>> {
+        match &self.backend {
+            Backend::Local(root) => match std::fs::read(root.join(rel)) {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(Error::Invalid {
+                    path: root.join(rel),
+                    reason: e.to_string(),
+                }),
+            },
+            Backend::Object(store) => store.read(rel),
+        }
+    }
+
+    /// Registry file `rel` parsed as JSON; None if it does not exist.
+    fn read_json<T: for<'de> Deserialize<'de>>(&self, rel: &str) -> Result<Option<T>> {
+        let Some(bytes) = self.read(rel)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Invalid {
+                path: self.describe(rel),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Writes registry file `rel` so that readers see the old or the new
+    /// content, never a part.
+    fn write(&self, rel: &str, text: String) -> Result<()> {
+        match &self.backend {
+            Backend::Local(root) => write_atomic(&root.join(rel), &text),
+            Backend::Object(store) => store.write(rel, text.into_bytes()),
+        }
     }
 
     /// Model names (folders holding at least one version).
     pub fn models(&self) -> Result<Vec<String>> {
-        let entries = std::fs::read_dir(&self.root).map_err(|e| Error::Invalid {
-            path: self.root.clone(),
-            reason: e.to_string(),
-        })?;
-        let mut names: Vec<String> = entries
-            .filter_map(|e| e.ok())
-            .filter(|e| e.path().is_dir())
-            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        let candidates = match &self.backend {
+            Backend::Local(root) => std::fs::read_dir(root)
+                .map_err(|e| Error::Invalid {
+                    path: root.clone(),
+                    reason: e.to_string(),
+                })?
+                .filter_map(|e| e.ok())
+                .filter(|e| e.path().is_dir())
+                .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                .collect(),
+            Backend::Object(store) => store.model_names()?,
+        };
+        let mut names: Vec<String> = candidates
+            .into_iter()
             .filter(|name| self.versions(name).is_ok_and(|v| !v.is_empty()))
             .collect();
         names.sort();
@@ -190,8 +285,11 @@ impl Registry {
 
     /// Versions of `model`, ascending.
     pub fn versions(&self, model: &str) -> Result<Vec<u64>> {
-        let dir = self.root.join(model);
-        let entries = std::fs::read_dir(&dir)
+        let root = match &self.backend {
+            Backend::Local(root) => root,
+            Backend::Object(store) => return store.versions(model),
+        };
+        let entries = std::fs::read_dir(root.join(model))
             .map_err(|_| Error::NotFound(format!("model '{model}' is not in the registry")))?;
         let mut versions: Vec<u64> = entries
             .filter_map(|e| e.ok())
@@ -204,12 +302,9 @@ impl Registry {
 
     /// `aliases.json` of `model` (empty when absent).
     pub fn aliases(&self, model: &str) -> Result<BTreeMap<String, u64>> {
-        let path = self.root.join(model).join("aliases.json");
-        if path.exists() {
-            read_json(&path)
-        } else {
-            Ok(BTreeMap::new())
-        }
+        Ok(self
+            .read_json(&format!("{model}/aliases.json"))?
+            .unwrap_or_default())
     }
 
     /// Resolves a version selector: empty (the `production` alias, else the
@@ -238,15 +333,32 @@ impl Registry {
         }
     }
 
-    /// The folder of one version.
+    /// The local folder of one version: in the registry itself, or for an
+    /// object store the cache folder [`Registry::fetch`] fills.
     pub fn version_dir(&self, model: &str, version: u64) -> PathBuf {
-        self.root.join(model).join(version.to_string())
+        match &self.backend {
+            Backend::Local(root) => root.join(model).join(version.to_string()),
+            Backend::Object(store) => store.cache_dir(model, version),
+        }
+    }
+
+    /// A local folder with every file of one version (for an object store,
+    /// downloaded into the cache on first use).
+    pub fn fetch(&self, model: &str, version: u64) -> Result<PathBuf> {
+        match &self.backend {
+            Backend::Local(_) => Ok(self.version_dir(model, version)),
+            Backend::Object(store) => store.fetch(model, version),
+        }
     }
 
     /// The manifest of one version, checked against the folder it is in.
     pub fn manifest(&self, model: &str, version: u64) -> Result<Manifest> {
-        let path = self.version_dir(model, version).join("manifest.json");
-        let manifest: Manifest = read_json(&path)?;
+        let rel = format!("{model}/{version}/manifest.json");
+        let path = self.describe(&rel);
+        let manifest: Manifest = self.read_json(&rel)?.ok_or_else(|| Error::Invalid {
+            path: path.clone(),
+            reason: "no such file".into(),
+        })?;
         if manifest.name != model || manifest.version != version {
             return Err(Error::Invalid {
                 path,
@@ -298,22 +410,36 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
+/// `location` made independent of the working directory: URLs as they
+/// are, a folder (or `file://` URL) as an absolute path.
+pub fn absolute_location(location: &str) -> std::io::Result<String> {
+    match location.split_once("://") {
+        Some(("file", path)) => Ok(std::path::absolute(path)?.display().to_string()),
+        Some(_) => Ok(location.to_owned()),
+        None => Ok(std::path::absolute(location)?.display().to_string()),
+    }
+}
+
+/// Whether `location` names a registry outside the local file system.
+pub fn is_remote(location: &str) -> bool {
+    location.contains("://") && !location.starts_with("file://")
+}
+
 /// A model name must be a plain folder name: `[a-z0-9][a-z0-9_-]{0,63}`.
 pub fn check_model_name(name: &str) -> Result<()> {
     encore_common::names::check_model_name(name).map_err(Error::NotFound)
 }
 
 impl Registry {
-    /// The registry's root folder.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    /// A fresh hidden folder to stage a new version of `model` in; pass it
-    /// to [`Registry::publish`] once every file is written.
+    /// A fresh hidden local folder to stage a new version of `model` in;
+    /// pass it to [`Registry::publish`] once every file is written.
     pub fn stage(&self, model: &str) -> Result<PathBuf> {
         check_model_name(model)?;
-        let dir = self.root.join(model).join(format!(
+        let root = match &self.backend {
+            Backend::Local(root) => root,
+            Backend::Object(store) => return store.stage(model),
+        };
+        let dir = root.join(model).join(format!(
             ".staging-{}-{}",
             std::process::id(),
             chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
@@ -325,9 +451,10 @@ impl Registry {
         Ok(dir)
     }
 
-    /// Makes a staged folder the next version of `model`: writes
-    /// `manifest` (its `name` and `version` set here) into it and renames it
-    /// to the version number. Returns the version.
+    /// Makes a staged folder the next version of `model` with `manifest`
+    /// (its `name` and `version` set here). On a file system the folder is
+    /// renamed to the version number; on an object store it is uploaded,
+    /// manifest last, and kept as the cached copy. Returns the version.
     pub fn publish(&self, model: &str, staged: &Path, manifest: &Manifest) -> Result<u64> {
         check_model_name(model)?;
         if !staged.join("model.pt").is_file() {
@@ -335,6 +462,18 @@ impl Registry {
                 path: staged.join("model.pt"),
                 reason: "a version needs its model.pt before it is published".into(),
             });
+        }
+        let text = |version: u64| {
+            let mut manifest = manifest.clone();
+            manifest.name = model.to_owned();
+            manifest.version = version;
+            serde_json::to_string_pretty(&manifest).map_err(|e| Error::Invalid {
+                path: staged.join("manifest.json"),
+                reason: e.to_string(),
+            })
+        };
+        if let Backend::Object(store) = &self.backend {
+            return store.publish(model, staged, text);
         }
         let io = |path: &Path, e: std::io::Error| Error::Invalid {
             path: path.to_path_buf(),
@@ -346,14 +485,7 @@ impl Registry {
                 .unwrap_or_default()
                 .last()
                 .map_or(1, |v| v + 1);
-            let mut manifest = manifest.clone();
-            manifest.name = model.to_owned();
-            manifest.version = version;
-            let text = serde_json::to_string_pretty(&manifest).map_err(|e| Error::Invalid {
-                path: staged.join("manifest.json"),
-                reason: e.to_string(),
-            })?;
-            write_atomic(&staged.join("manifest.json"), &text)?;
+            write_atomic(&staged.join("manifest.json"), &text(version)?)?;
             let target = self.version_dir(model, version);
             // rename(2) onto an existing non-empty folder fails: another
             // writer took this number, so try the next.
@@ -364,19 +496,16 @@ impl Registry {
             }
         }
         Err(Error::Invalid {
-            path: self.root.join(model),
+            path: self.describe(model),
             reason: "could not claim a version number after 100 tries".into(),
         })
     }
 
     /// Every alias move of `model`, oldest first.
     pub fn alias_history(&self, model: &str) -> Result<Vec<AliasMove>> {
-        let path = self.root.join(model).join("alias_history.json");
-        if path.exists() {
-            read_json(&path)
-        } else {
-            Ok(Vec::new())
-        }
+        Ok(self
+            .read_json(&format!("{model}/alias_history.json"))?
+            .unwrap_or_default())
     }
 
     /// Points `alias` of `model` at `version` (which must exist) and records
@@ -410,14 +539,8 @@ impl Registry {
             at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             reason: reason.to_owned(),
         });
-        write_atomic(
-            &self.root.join(model).join("alias_history.json"),
-            &pretty(&history),
-        )?;
-        write_atomic(
-            &self.root.join(model).join("aliases.json"),
-            &pretty(&aliases),
-        )?;
+        self.write(&format!("{model}/alias_history.json"), pretty(&history))?;
+        self.write(&format!("{model}/aliases.json"), pretty(&aliases))?;
         Ok(from)
     }
 
@@ -451,6 +574,11 @@ fn pretty<T: Serialize>(value: &T) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use object_store::memory::InMemory;
+    use object_store::{ObjectStoreExt, PutPayload};
+
     use super::*;
 
     fn write_version(root: &Path, model: &str, version: u64) {
@@ -527,17 +655,32 @@ mod tests {
         .unwrap()
     }
 
+    /// A registry in an in-memory object store, caching into `cache`.
+    fn in_memory(store: &Arc<InMemory>, cache: &Path) -> Registry {
+        Registry::object(ObjectRegistry::new(
+            "memory://test/reg",
+            store.clone(),
+            "reg",
+            cache,
+        ))
+    }
+
     #[test]
     fn publishing_numbers_versions_and_aliases_move_and_roll_back() {
         let dir = tempfile::tempdir().unwrap();
-        let registry = Registry::new(dir.path());
+        exercise(&Registry::new(dir.path()));
+        let cache = tempfile::tempdir().unwrap();
+        exercise(&in_memory(&Arc::new(InMemory::new()), cache.path()));
+    }
+
+    fn exercise(registry: &Registry) {
         // Nothing staged is visible as a version.
-        let first = staged(&registry);
-        assert!(registry.versions("churn").unwrap().is_empty());
+        let first = staged(registry);
+        assert!(registry.versions("churn").map_or(true, |v| v.is_empty()));
         assert_eq!(registry.publish("churn", &first, &manifest()).unwrap(), 1);
         assert_eq!(
             registry
-                .publish("churn", &staged(&registry), &manifest())
+                .publish("churn", &staged(registry), &manifest())
                 .unwrap(),
             2
         );
@@ -577,5 +720,97 @@ mod tests {
         );
         let err = registry.rollback("churn", "staging").unwrap_err();
         assert!(err.to_string().contains("no alias 'staging'"), "{err}");
+    }
+
+    #[test]
+    fn an_object_store_registry_claims_numbers_and_fetches_whole_versions() {
+        let store = Arc::new(InMemory::new());
+        let writer_cache = tempfile::tempdir().unwrap();
+        let writer = in_memory(&store, writer_cache.path());
+        let dir = writer.stage("churn").unwrap();
+        std::fs::write(dir.join("model.pt"), b"weights").unwrap();
+        std::fs::create_dir_all(dir.join("online")).unwrap();
+        std::fs::write(dir.join("online/users.parquet"), vec![7u8; 100_000]).unwrap();
+        assert_eq!(writer.publish("churn", &dir, &manifest()).unwrap(), 1);
+        assert!(!dir.exists(), "the staged folder became the cached copy");
+
+        // A reader with an empty cache downloads the same files.
+        let reader_cache = tempfile::tempdir().unwrap();
+        let reader = in_memory(&store, reader_cache.path());
+        assert_eq!(reader.models().unwrap(), vec!["churn"]);
+        let local = reader.fetch("churn", 1).unwrap();
+        assert!(local.starts_with(reader_cache.path()));
+        assert_eq!(std::fs::read(local.join("model.pt")).unwrap(), b"weights");
+        assert_eq!(
+            std::fs::read(local.join("online/users.parquet")).unwrap(),
+            vec![7u8; 100_000]
+        );
+        assert_eq!(reader.manifest("churn", 1).unwrap().version, 1);
+        assert!(!local.join(".claim").exists());
+
+        // A writer that claimed 2 but died before its manifest: 2 stays
+        // invisible, is never fetched, and the next version is 3.
+        let orphan = object_store::path::Path::from("reg/churn/2/.claim");
+        futures::executor::block_on(store.put(&orphan, PutPayload::from_static(b"{}"))).unwrap();
+        let half = object_store::path::Path::from("reg/churn/2/model.pt");
+        futures::executor::block_on(store.put(&half, PutPayload::from_static(b"half"))).unwrap();
+        assert_eq!(reader.versions("churn").unwrap(), vec![1]);
+        assert!(matches!(
+            reader.fetch("churn", 2),
+            Err(RegistryError::NotFound(_))
+        ));
+        assert_eq!(reader.resolve("churn", "").unwrap(), 1);
+        let next = staged(&writer);
+        assert_eq!(writer.publish("churn", &next, &manifest()).unwrap(), 3);
+
+        // Writers racing for numbers each get their own.
+        let mut numbers: Vec<u64> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    let cache = writer_cache.path().to_path_buf();
+                    let store = store.clone();
+                    scope.spawn(move || {
+                        let registry = in_memory(&store, &cache);
+                        registry
+                            .publish("churn", &staged(&registry), &manifest())
+                            .unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        numbers.sort_unstable();
+        assert_eq!(numbers, vec![4, 5, 6, 7]);
+        assert_eq!(reader.versions("churn").unwrap(), vec![1, 3, 4, 5, 6, 7]);
+        for version in [4, 7] {
+            assert_eq!(reader.manifest("churn", version).unwrap().version, version);
+        }
+        assert!(matches!(
+            reader.versions("nope"),
+            Err(RegistryError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn locations_open_the_right_backend_or_say_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = Registry::open(&dir.path().display().to_string()).unwrap();
+        assert_eq!(local.location(), dir.path().display().to_string());
+        let url = format!("file://{}", dir.path().display());
+        assert_eq!(
+            Registry::open(&url).unwrap().location(),
+            dir.path().display().to_string()
+        );
+        assert_eq!(
+            Registry::open("s3://bucket/a/b/").unwrap().location(),
+            "s3://bucket/a/b"
+        );
+        let err = Registry::open("gs://bucket/x").unwrap_err().to_string();
+        assert!(err.contains("gs:// registries are not supported"), "{err}");
+        let err = Registry::open("s3:///x").unwrap_err().to_string();
+        assert!(err.contains("needs a bucket"), "{err}");
+        assert!(is_remote("s3://b/x") && !is_remote("file:///x") && !is_remote("rel/x"));
+        assert_eq!(absolute_location("s3://b/x").unwrap(), "s3://b/x");
+        assert!(absolute_location("rel").unwrap().starts_with('/'));
     }
 }

@@ -52,11 +52,22 @@ pub struct Process {
 impl Process {
     /// Spawns `program args`, waits for its first stdout line and returns it.
     pub fn spawn(name: &str, program: &Path, args: &[String]) -> anyhow::Result<(Self, String)> {
+        Self::spawn_env(name, program, args, &[])
+    }
+
+    /// [`Process::spawn`] with extra environment variables.
+    pub fn spawn_env(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<(Self, String)> {
         let dir = tempfile::tempdir()?;
         let log = dir.path().join(format!("{name}.log"));
         let stderr = std::fs::File::create(&log)?;
         let mut child = Command::new(program)
             .args(args)
+            .envs(env.iter().copied())
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -296,8 +307,14 @@ pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
 
 /// Runs the `encore` CLI to completion: (exit code, stdout, stderr).
 pub fn encore(args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+    encore_env(args, &[])
+}
+
+/// [`encore`] with extra environment variables.
+pub fn encore_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<(i32, String, String)> {
     let out = Command::new(bin("encore"))
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .context("running encore")?;
@@ -306,4 +323,19 @@ pub fn encore(args: &[&str]) -> anyhow::Result<(i32, String, String)> {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     ))
+}
+
+/// The project virtualenv's Python (`ENCORE_VENV`, default `.venv`), which
+/// scripts/setup.sh fills with the test clients (tritonclient, pyarrow, moto).
+pub fn python() -> PathBuf {
+    let venv = std::env::var_os("ENCORE_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv"));
+    let python = venv.join("bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/setup.sh (scripts/test.sh does this)",
+        python.display()
+    );
+    python
 }

@@ -1,9 +1,9 @@
 //! `encore models`: the model registry: list, show, promote, rollback.
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use anyhow::Context;
-use encore_models::registry::Registry;
+use encore_models::registry::{self, Registry};
 
 /// Inspect the model registry and move its aliases.
 #[derive(clap::Args, Debug)]
@@ -17,9 +17,9 @@ use encore_models::registry::Registry;
 pub struct Args {
     #[command(subcommand)]
     pub action: Action,
-    /// Model registry folder.
+    /// Model registry: a folder or s3://bucket/prefix.
     #[arg(long, env = "ENCORE_REGISTRY", global = true)]
-    pub registry: Option<PathBuf>,
+    pub registry: Option<String>,
 }
 
 /// What to do.
@@ -81,11 +81,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .registry
         .context("--registry is required (or ENCORE_REGISTRY)")?;
     anyhow::ensure!(
-        root.is_dir(),
-        "--registry {}: no such folder",
-        root.display()
+        registry::is_remote(&root) || Path::new(root.trim_start_matches("file://")).is_dir(),
+        "--registry {root}: no such folder"
     );
-    let registry = Registry::new(&root);
+    let registry = Registry::open(&root)?;
     match args.action {
         Action::List => {
             println!(

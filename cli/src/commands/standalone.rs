@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use encore_executor::ExecutorConfig;
 use encore_model_server::{ModelServerConfig, start_model_server};
+use encore_models::registry;
 use encore_scheduler::SchedulerConfig;
 
 use crate::cluster::LocalCluster;
@@ -45,7 +46,7 @@ pub struct Args {
     pub memory_pool_size_bytes: Option<u64>,
     /// Model registry to serve (KServe v2 gRPC); no model server without it.
     #[arg(long, env = "ENCORE_REGISTRY")]
-    pub registry: Option<PathBuf>,
+    pub registry: Option<String>,
     /// Folder of the training-job store (jobs.sqlite).
     #[arg(
         long,
@@ -82,9 +83,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     scheduler.state_dir = Some(args.state_dir.clone());
     if let Some(registry) = &args.registry {
         // A new cluster starts with an empty registry that jobs fill.
-        std::fs::create_dir_all(registry)
-            .with_context(|| format!("--registry {}", registry.display()))?;
-        scheduler.registry = Some(std::path::absolute(registry)?.display().to_string());
+        if !registry::is_remote(registry) {
+            std::fs::create_dir_all(registry.trim_start_matches("file://"))
+                .with_context(|| format!("--registry {registry}"))?;
+        }
+        scheduler.registry = Some(
+            registry::absolute_location(registry)
+                .with_context(|| format!("--registry {registry}"))?,
+        );
     }
     // Only the scheduler's port is public; the executor's are internal.
     let bind_host = scheduler.bind_host.clone();

@@ -9,6 +9,7 @@ use encore_executor::ExecutorConfig;
 use encore_executor::training::Promotion;
 use encore_models::churn::ChurnConfig;
 use encore_models::recommend::RecommendConfig;
+use encore_models::registry;
 use encore_proto::encore::v1::{JobKind, JobSpec, SubmitJobRequest};
 use encore_scheduler::SchedulerConfig;
 
@@ -44,9 +45,9 @@ pub struct Args {
     /// The cutoff T, YYYY-MM-DD: features before it, labels after it.
     #[arg(long)]
     pub cutoff: NaiveDate,
-    /// Model registry folder (default with --scheduler: the scheduler's).
+    /// Model registry: a folder or s3://bucket/prefix (default with --scheduler: the scheduler's).
     #[arg(long, env = "ENCORE_REGISTRY")]
-    pub registry: Option<PathBuf>,
+    pub registry: Option<String>,
     /// Name to register under (default: the kind).
     #[arg(long)]
     pub name: Option<String>,
@@ -124,7 +125,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         data_uri: absolute("--data", &args.data)?,
         cutoff: args.cutoff.format("%Y-%m-%d").to_string(),
         registry_uri: match &args.registry {
-            Some(r) => absolute("--registry", r)?,
+            Some(r) => registry::absolute_location(r).with_context(|| format!("--registry {r}"))?,
             None if args.scheduler.is_none() => {
                 anyhow::bail!("--registry is required without --scheduler")
             }

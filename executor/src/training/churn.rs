@@ -35,8 +35,8 @@ pub struct ChurnJob {
     pub data: PathBuf,
     /// Features before it, labels in (cutoff, cutoff + horizon].
     pub cutoff: NaiveDate,
-    /// Registry root.
-    pub registry: PathBuf,
+    /// Registry location: a folder or `s3://bucket/prefix`.
+    pub registry: String,
     /// Name to register under.
     pub model_name: String,
     /// Horizons in days, ascending.
@@ -234,7 +234,7 @@ pub async fn train_churn(
     metrics.insert("validation_loss".into(), best.validation_loss);
 
     stage(progress, "exporting")?;
-    let registry = Registry::new(&job.registry);
+    let registry = Registry::open(&job.registry)?;
     let staged = registry.stage(&job.model_name)?;
     let artifact = |path: &std::path::Path, e: &dyn std::fmt::Display| TrainError::Artifact {
         path: path.display().to_string(),

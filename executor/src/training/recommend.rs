@@ -52,8 +52,8 @@ pub struct RecommendJob {
     pub data: PathBuf,
     /// Pairs before it, held-out discoveries in the week after it.
     pub cutoff: NaiveDate,
-    /// Registry root.
-    pub registry: PathBuf,
+    /// Registry location: a folder or `s3://bucket/prefix`.
+    pub registry: String,
     /// Name to register under.
     pub model_name: String,
     /// Network and optimiser settings.
@@ -414,7 +414,7 @@ pub async fn train_recommend(
     let metrics = evaluate(&data, &trained, &test)?;
 
     stage(progress, "exporting")?;
-    let registry = Registry::new(&job.registry);
+    let registry = Registry::open(&job.registry)?;
     let staged = registry.stage(&job.model_name)?;
     let artifact = |path: &std::path::Path, e: &dyn std::fmt::Display| TrainError::Artifact {
         path: path.display().to_string(),

@@ -282,7 +282,7 @@ pub async fn serve_with(
     change: impl FnOnce(&mut ModelServerConfig),
 ) -> ModelServerHandle {
     let mut config = ModelServerConfig {
-        registry: registry.to_path_buf(),
+        registry: registry.display().to_string(),
         bind_port: 0,
         ..Default::default()
     };

@@ -123,7 +123,7 @@ async fn tritonclient_over_tls_with_a_bearer_token() {
 
     // A missing key file is a start-up error naming the file.
     let bad = encore_model_server::ModelServerConfig {
-        registry: registry.path().to_path_buf(),
+        registry: registry.path().display().to_string(),
         bind_port: 0,
         tls: Some(encore_model_server::TlsFiles {
             cert: certs.join("cert.pem"),

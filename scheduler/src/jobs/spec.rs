@@ -69,7 +69,11 @@ pub fn check(kind: i32, spec: Option<JobSpec>, defaults: &Defaults) -> Result<Jo
             "spec.registry_uri is required: this scheduler has no default registry (--registry)",
         )?;
     }
-    spec.registry_uri = local_path("registry_uri", &spec.registry_uri)?;
+    // Registries may also live in S3 (executors and model servers reach it
+    // with their own AWS_* settings); data must be local for now.
+    if !spec.registry_uri.starts_with("s3://") {
+        spec.registry_uri = local_path("registry_uri", &spec.registry_uri)?;
+    }
     if spec.model_name.is_empty() {
         spec.model_name = match kind {
             JobKind::Recommend => "recommend",
@@ -150,6 +154,13 @@ mod tests {
         let s = check(JobKind::Churn as i32, Some(spec()), &defaults()).unwrap();
         assert_eq!(s.data_uri, "/data/music");
         assert_eq!(s.registry_uri, "/srv/registry");
+        // Registries may be in S3; they are kept as given.
+        let s3 = JobSpec {
+            registry_uri: "s3://bucket/registry".into(),
+            ..spec()
+        };
+        let checked = check(1, Some(s3), &defaults()).unwrap();
+        assert_eq!(checked.registry_uri, "s3://bucket/registry");
         assert_eq!(s.model_name, "churn");
         assert_eq!(s.horizons_days, [7, 15, 30]);
         assert_eq!(s.max_attempts, 3);
@@ -203,6 +214,14 @@ mod tests {
                     ..spec()
                 },
                 "absolute path",
+            ),
+            (
+                1,
+                JobSpec {
+                    registry_uri: "gs://bucket/registry".into(),
+                    ..spec()
+                },
+                "registry_uri 'gs://bucket/registry': gs:// is not supported",
             ),
             (
                 1,

@@ -7,6 +7,7 @@ mod executor_loss;
 mod jobs;
 mod metrics;
 mod plans;
+mod registry_s3;
 mod shuffle;
 mod training;
 

@@ -1,0 +1,479 @@
+//! The registry on an object store (`s3://bucket/prefix`, or any
+//! [`ObjectStore`]): the same layout as on a file system, with the two things
+//! a store lacks done differently.
+//!
+//! - **No rename.** A writer claims version `n` by creating
+//!   `<model>/<n>/.claim` with a conditional put (`If-None-Match: *`), so two
+//!   writers never share a number; it then uploads the files and writes
+//!   `manifest.json` last. Readers see a version only once its manifest is
+//!   there, so a half-uploaded version is never visible.
+//! - **No local paths.** TorchScript and Parquet readers want files, so
+//!   [`ObjectRegistry::fetch`] copies a version into a local cache folder
+//!   (downloaded under a temporary name, then renamed). Versions never change
+//!   once published, so a cached copy stays valid.
+//!
+//! The registry API is synchronous (training and the CLI call it from plain
+//! threads, the model server from blocking tasks); object-store calls run on a
+//! small runtime of their own, so they work from inside another runtime too.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::buffered::BufWriter;
+use object_store::path::Path as Key;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use tokio::io::AsyncWriteExt;
+
+use super::{RegistryError as Error, Result};
+
+/// The runtime that drives object-store requests; it lives as long as the
+/// process (dropping a runtime inside another one panics).
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("encore-registry-io")
+            .enable_all()
+            .build()
+            .expect("a tokio runtime for registry I/O")
+    })
+}
+
+/// Runs `future` to completion from synchronous code, also when the caller
+/// is itself on a tokio runtime thread (then on a helper thread).
+fn block_on<F: Future + Send>(future: F) -> F::Output
+where
+    F::Output: Send,
+{
+    if tokio::runtime::Handle::try_current().is_err() {
+        return runtime().block_on(future);
+    }
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| runtime().block_on(future))
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// A registry in an object store.
+#[derive(Debug, Clone)]
+pub struct ObjectRegistry {
+    /// How users named it (`s3://bucket/prefix`), for messages.
+    url: String,
+    store: Arc<dyn ObjectStore>,
+    /// The registry's root inside the store (may be empty).
+    prefix: String,
+    /// Local copies of fetched versions, and staging folders.
+    cache: PathBuf,
+}
+
+/// The cache folder for a registry at `url`: `ENCORE_REGISTRY_CACHE`, else
+/// the user's cache folder (`$XDG_CACHE_HOME` or `~/.cache`), under
+/// `encore/registry/<host>/<path>`.
+fn default_cache(url: &url::Url) -> PathBuf {
+    let base = std::env::var_os("ENCORE_REGISTRY_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("encore/registry"))
+        })
+        .or_else(|| {
+            std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/encore/registry"))
+        })
+        .unwrap_or_else(|| std::env::temp_dir().join("encore-registry"));
+    let mut dir = base.join(url.scheme()).join(url.host_str().unwrap_or("_"));
+    for part in url
+        .path()
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != "..")
+    {
+        dir.push(part);
+    }
+    dir
+}
+
+impl ObjectRegistry {
+    /// The registry at `s3://bucket/prefix`. Credentials, region and endpoint
+    /// come from the usual `AWS_*` environment variables (`AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT` for S3-compatible
+    /// stores, `AWS_ALLOW_HTTP=true` for a plain-HTTP endpoint).
+    pub fn s3(location: &str) -> Result<Self> {
+        let invalid = |reason: String| Error::Invalid {
+            path: PathBuf::from(location),
+            reason,
+        };
+        let url = url::Url::parse(location).map_err(|e| invalid(format!("not a URL: {e}")))?;
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(invalid(
+                "an s3:// registry needs a bucket: s3://bucket/prefix".into(),
+            ));
+        }
+        let store = AmazonS3Builder::from_env()
+            .with_url(location)
+            .build()
+            .map_err(|e| invalid(e.to_string()))?;
+        Ok(Self::new(
+            location,
+            Arc::new(store),
+            url.path(),
+            default_cache(&url),
+        ))
+    }
+
+    /// A registry under `prefix` of `store`, caching versions in `cache`.
+    pub fn new(
+        url: &str,
+        store: Arc<dyn ObjectStore>,
+        prefix: &str,
+        cache: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            url: url.trim_end_matches('/').to_owned(),
+            store,
+            prefix: prefix.trim_matches('/').to_owned(),
+            cache: cache.into(),
+        }
+    }
+
+    /// The registry's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The store key of `rel` (a `/`-separated path inside the registry).
+    fn key(&self, rel: &str) -> Key {
+        if self.prefix.is_empty() {
+            Key::from(rel)
+        } else {
+            Key::from(format!("{}/{rel}", self.prefix))
+        }
+    }
+
+    /// `rel` as users see it, for error messages.
+    pub fn describe(&self, rel: &str) -> PathBuf {
+        PathBuf::from(format!("{}/{rel}", self.url))
+    }
+
+    fn error(&self, rel: &str, e: impl std::fmt::Display) -> Error {
+        Error::Invalid {
+            path: self.describe(rel),
+            reason: e.to_string(),
+        }
+    }
+
+    /// The bytes of `rel`, or None if there is no such object.
+    pub fn read(&self, rel: &str) -> Result<Option<Vec<u8>>> {
+        let key = self.key(rel);
+        block_on(async {
+            match self.store.get(&key).await {
+                Ok(got) => got.bytes().await.map(|b| Some(b.to_vec())),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .map_err(|e| self.error(rel, e))
+    }
+
+    /// Writes `rel` (an object appears whole or not at all).
+    pub fn write(&self, rel: &str, bytes: Vec<u8>) -> Result<()> {
+        let key = self.key(rel);
+        block_on(self.store.put(&key, PutPayload::from(bytes)))
+            .map(drop)
+            .map_err(|e| self.error(rel, e))
+    }
+
+    /// Names of the top-level folders (candidate models).
+    pub fn model_names(&self) -> Result<Vec<String>> {
+        let prefix = (!self.prefix.is_empty()).then(|| Key::from(self.prefix.as_str()));
+        let listed = block_on(self.store.list_with_delimiter(prefix.as_ref()))
+            .map_err(|e| self.error("", e))?;
+        Ok(listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_owned))
+            .collect())
+    }
+
+    /// The version numbers under `model`: those claimed by any writer, and
+    /// those published (with a manifest). None when `model` has no objects.
+    fn numbers(&self, model: &str) -> Result<Option<(BTreeSet<u64>, BTreeSet<u64>)>> {
+        let base = self.key(model);
+        let objects: Vec<_> = block_on(self.store.list(Some(&base)).try_collect::<Vec<_>>())
+            .map_err(|e| self.error(model, e))?;
+        if objects.is_empty() {
+            return Ok(None);
+        }
+        let (mut claimed, mut published) = (BTreeSet::new(), BTreeSet::new());
+        for meta in objects {
+            let Some(parts) = meta.location.prefix_match(&base) else {
+                continue;
+            };
+            let parts: Vec<_> = parts.map(|p| p.as_ref().to_owned()).collect();
+            if let Some(Ok(n)) = parts.first().map(|p| p.parse::<u64>()) {
+                claimed.insert(n);
+                if parts.len() == 2 && parts[1] == "manifest.json" {
+                    published.insert(n);
+                }
+            }
+        }
+        Ok(Some((claimed, published)))
+    }
+
+    /// Published versions of `model`, ascending.
+    pub fn versions(&self, model: &str) -> Result<Vec<u64>> {
+        let (_, published) = self
+            .numbers(model)?
+            .ok_or_else(|| Error::NotFound(format!("model '{model}' is not in the registry")))?;
+        Ok(published.into_iter().collect())
+    }
+
+    /// The local folder version `version` of `model` is (or will be) cached in.
+    pub fn cache_dir(&self, model: &str, version: u64) -> PathBuf {
+        self.cache.join(model).join(version.to_string())
+    }
+
+    /// A fresh local folder to stage a new version of `model` in.
+    pub fn stage(&self, model: &str) -> Result<PathBuf> {
+        let dir = self.cache.join(model).join(format!(
+            ".staging-{}-{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| Error::Invalid {
+            path: dir.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(dir)
+    }
+
+    /// Claims the next free version number of `model`, uploads every file of
+    /// `staged` into it, then the manifest `manifest(version)` returns, last.
+    /// The staged folder becomes the cached copy. Returns the version.
+    pub fn publish(
+        &self,
+        model: &str,
+        staged: &Path,
+        manifest: impl Fn(u64) -> Result<String>,
+    ) -> Result<u64> {
+        let version = self.claim(model)?;
+        let path = staged.join("manifest.json");
+        std::fs::write(&path, manifest(version)?).map_err(|e| Error::Invalid {
+            path,
+            reason: e.to_string(),
+        })?;
+        // The manifest goes last: it makes the version visible.
+        self.upload_dir(staged, &format!("{model}/{version}"), "manifest.json")?;
+        // The staged files are exactly what was published: keep them as the cache.
+        let cached = self.cache_dir(model, version);
+        if std::fs::rename(staged, &cached).is_err() {
+            let _ = std::fs::remove_dir_all(staged);
+        }
+        Ok(version)
+    }
+
+    /// Creates `<model>/<n>/.claim` for the next free `n`, with a conditional
+    /// put so that no other writer gets the same `n`.
+    fn claim(&self, model: &str) -> Result<u64> {
+        for _ in 0..100 {
+            let next = self
+                .numbers(model)?
+                .and_then(|(claimed, _)| claimed.last().copied())
+                .map_or(1, |n| n + 1);
+            let rel = format!("{model}/{next}/.claim");
+            let owner = format!(
+                "{{\"pid\": {}, \"host\": \"{}\", \"at\": \"{}\"}}",
+                std::process::id(),
+                std::env::var("HOSTNAME").unwrap_or_default(),
+                chrono::Utc::now().to_rfc3339()
+            );
+            let key = self.key(&rel);
+            let put = self.store.put_opts(
+                &key,
+                PutPayload::from(owner.into_bytes()),
+                PutOptions::from(PutMode::Create),
+            );
+            match block_on(put) {
+                Ok(_) => return Ok(next),
+                Err(object_store::Error::AlreadyExists { .. }) => continue,
+                Err(e @ object_store::Error::NotImplemented { .. }) => {
+                    return Err(self.error(
+                        &rel,
+                        format!(
+                            "{e}: the registry needs a store with conditional put \
+                             (on S3-compatible stores set AWS_CONDITIONAL_PUT=etag)"
+                        ),
+                    ));
+                }
+                Err(e) => return Err(self.error(&rel, e)),
+            }
+        }
+        Err(self.error(model, "could not claim a version number after 100 tries"))
+    }
+
+    /// Streams the local `file` to `rel` (multipart for large files).
+    fn upload(&self, file: &Path, rel: &str) -> Result<()> {
+        let key = self.key(rel);
+        block_on(async {
+            let mut source = tokio::fs::File::open(file).await?;
+            let mut sink = BufWriter::new(self.store.clone(), key);
+            tokio::io::copy(&mut source, &mut sink).await?;
+            sink.shutdown().await
+        })
+        .map_err(|e| self.error(rel, e))
+    }
+
+    /// The local folder holding version `version` of `model`: the cached
+    /// copy, downloaded first if missing.
+    pub fn fetch(&self, model: &str, version: u64) -> Result<PathBuf> {
+        let dir = self.cache_dir(model, version);
+        if dir.join("manifest.json").is_file() {
+            return Ok(dir);
+        }
+        let tmp = self.cache.join(model).join(format!(
+            ".download-{version}-{}-{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+        ));
+        let files = self.download(&format!("{model}/{version}"), &tmp);
+        if !files
+            .as_ref()
+            .is_ok_and(|f| f.iter().any(|rel| rel == "manifest.json"))
+        {
+            let _ = std::fs::remove_dir_all(&tmp);
+            files?;
+            return Err(Error::NotFound(format!(
+                "model '{model}' has no version {version} in {}",
+                self.url
+            )));
+        }
+        match std::fs::rename(&tmp, &dir) {
+            Ok(()) => Ok(dir),
+            // Another process cached it first: use theirs.
+            Err(_) if dir.join("manifest.json").is_file() => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                Ok(dir)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                Err(Error::Invalid {
+                    path: dir,
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// The local folder this registry caches into.
+    pub fn cache_root(&self) -> &Path {
+        &self.cache
+    }
+
+    /// Downloads every object under `rel` into `dest` at the same relative
+    /// paths (claim markers left out); returns those paths.
+    pub fn download(&self, rel: &str, dest: &Path) -> Result<Vec<String>> {
+        let base = self.key(rel);
+        let objects = block_on(self.store.list(Some(&base)).try_collect::<Vec<_>>())
+            .map_err(|e| self.error(rel, e))?;
+        let mut files = Vec::new();
+        for meta in objects {
+            let Some(parts) = meta.location.prefix_match(&base) else {
+                continue;
+            };
+            let parts: Vec<String> = parts.map(|p| p.as_ref().to_owned()).collect();
+            let file = parts.join("/");
+            if file == ".claim" || parts.iter().any(|p| p == ".." || p.is_empty()) {
+                continue;
+            }
+            let path = dest.join(&file);
+            let key = meta.location;
+            block_on(async {
+                tokio::fs::create_dir_all(path.parent().unwrap_or(dest)).await?;
+                let mut stream = self.store.get(&key).await?.into_stream();
+                let mut out = tokio::fs::File::create(&path).await?;
+                while let Some(chunk) = stream.try_next().await? {
+                    out.write_all(&chunk).await?;
+                }
+                out.flush().await
+            })
+            .map_err(|e| self.error(&format!("{rel}/{file}"), e))?;
+            files.push(file);
+        }
+        Ok(files)
+    }
+
+    /// Uploads every file of the local folder `dir` under `rel`, the file
+    /// named `last` (if any) after all others.
+    pub fn upload_dir(&self, dir: &Path, rel: &str, last: &str) -> Result<()> {
+        let mut files = files_under(dir).map_err(|e| Error::Invalid {
+            path: dir.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        files.sort_by_key(|(_, name)| name == last);
+        for (file, name) in files {
+            self.upload(&file, &format!("{rel}/{name}"))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes every object under `rel` whose path below it does not start
+    /// with `keep`.
+    pub fn remove_except(&self, rel: &str, keep: &str) -> Result<()> {
+        self.remove_where(rel, |below| !below.starts_with(keep))
+    }
+
+    /// Deletes every object under `rel`.
+    pub fn remove(&self, rel: &str) -> Result<()> {
+        self.remove_where(rel, |_| true)
+    }
+
+    fn remove_where(&self, rel: &str, doomed: impl Fn(&str) -> bool) -> Result<()> {
+        let base = self.key(rel);
+        let objects = block_on(self.store.list(Some(&base)).try_collect::<Vec<_>>())
+            .map_err(|e| self.error(rel, e))?;
+        for meta in objects {
+            let below = meta
+                .location
+                .prefix_match(&base)
+                .map(|parts| {
+                    parts
+                        .map(|p| p.as_ref().to_owned())
+                        .collect::<Vec<_>>()
+                        .join("/")
+                })
+                .unwrap_or_default();
+            if doomed(&below) {
+                block_on(self.store.delete(&meta.location)).map_err(|e| self.error(rel, e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every file under `dir`, with its `/`-separated path relative to `dir`.
+fn files_under(dir: &Path) -> std::io::Result<Vec<(PathBuf, String)>> {
+    let mut files = Vec::new();
+    let mut pending = vec![(dir.to_path_buf(), String::new())];
+    while let Some((folder, rel)) = pending.pop() {
+        for entry in std::fs::read_dir(&folder)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let child = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            if entry.file_type()?.is_dir() {
+                pending.push((entry.path(), child));
+            } else {
+                files.push((entry.path(), child));
+            }
+        }
+    }
+    files.sort_by(|a, b| a.1.cmp(&b.1));
+    Ok(files)
+}
