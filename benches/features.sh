@@ -7,7 +7,9 @@
 #   DuckDB (the Python package, benches/peers/duckdb_features.py), same SQL text
 # Each engine runs alone; outputs are checked to agree row by row.
 #
-#   benches/features.sh [--users 130000] [--days 90]
+#   benches/features.sh [--users 130000] [--days 90] [--conf KEY=VALUE ...]
+#
+# --conf passes a session setting to every Encore run (`encore sql --conf`).
 #
 # Data is generated once into target/bench-data/ (kept between runs).
 # Writes benches/results/features-<timestamp>.jsonl and prints a summary.
@@ -18,10 +20,12 @@ scripts/setup.sh >/dev/null
 pip install --quiet --disable-pip-version-check -r benches/peers/requirements.txt
 
 USERS=130000 DAYS=90 START=2026-01-01
+CONF=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --users) USERS=$2; shift 2 ;;
         --days) DAYS=$2; shift 2 ;;
+        --conf) CONF+=(--conf "$2"); shift 2 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -54,11 +58,11 @@ cat "$DATA"/*/*.parquet "$DATA"/plays/*/*.parquet >/dev/null
 
 mkdir -p benches/results
 OUT=benches/results/features-$(date -u +%Y%m%dT%H%M%SZ).jsonl
-echo "{\"machine\": \"$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GB", $2/1048576}' /proc/meminfo)\", \"users\": $USERS, \"days\": $DAYS, \"plays\": $PLAYS, \"cutoff\": \"$CUTOFF\", \"git\": \"$(git rev-parse --short HEAD)\"}" >"$OUT"
+echo "{\"machine\": \"$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GB", $2/1048576}' /proc/meminfo)\", \"users\": $USERS, \"days\": $DAYS, \"plays\": $PLAYS, \"cutoff\": \"$CUTOFF\", \"git\": \"$(git rev-parse --short HEAD)\", \"conf\": \"${CONF[*]}\"}" >"$OUT"
 MEASURE="python benches/peers/measure.py"
 
 echo "bench: encore standalone" >&2
-$MEASURE encore-standalone -- "$BIN/encore" sql --standalone "${TABLES[@]}" \
+$MEASURE encore-standalone -- "$BIN/encore" sql --standalone "${TABLES[@]}" "${CONF[@]}" \
     --out "$WORK/standalone.parquet" -- "$(cat "$WORK/plan.sql")" | tee -a "$OUT"
 
 # cluster N SLOTS: scheduler + N executors with SLOTS task slots each.
@@ -83,7 +87,7 @@ cluster() {
     done
     echo "bench: encore cluster, $n executor(s) x $slots slot(s)" >&2
     $MEASURE "encore-cluster-${n}x${slots}" --pids "$pids" -- "$BIN/encore" sql --scheduler "df://$addr" \
-        "${TABLES[@]}" --out "$WORK/cluster-$n.parquet" -- "$(cat "$WORK/plan.sql")" | tee -a "$OUT"
+        "${TABLES[@]}" "${CONF[@]}" --out "$WORK/cluster-$n.parquet" -- "$(cat "$WORK/plan.sql")" | tee -a "$OUT"
     kill ${pids//,/ } 2>/dev/null || true
     wait 2>/dev/null || true
 }

@@ -5,8 +5,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use ballista::prelude::SessionContextExt;
-use datafusion::prelude::SessionContext;
+use ballista::prelude::{SessionConfigExt, SessionContextExt};
+use datafusion::execution::SessionStateBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
 use encore_executor::{ExecutorConfig, ExecutorHandle, start_executor};
 use encore_scheduler::{SchedulerConfig, SchedulerHandle, start_scheduler};
 
@@ -126,9 +127,31 @@ impl Target {
     }
 }
 
-/// A Ballista session on the scheduler at `url` (`df://host:port`), after
-/// checking that the scheduler answers, so a wrong address fails fast.
-pub async fn connect(url: &str) -> anyhow::Result<SessionContext> {
+/// One `--conf KEY=VALUE` session setting (DataFusion's `datafusion.*` or
+/// Ballista's `ballista.*` options, as in `SET key = value`).
+pub fn parse_conf(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.trim().to_owned()))
+        }
+        _ => Err(format!(
+            "'{text}': expected KEY=VALUE, e.g. datafusion.execution.target_partitions=4"
+        )),
+    }
+}
+
+/// A Ballista session on the scheduler at `url` (`df://host:port`) with the
+/// session settings `conf`, after checking that the scheduler answers, so a
+/// wrong address fails fast; an unknown setting or bad value is an error
+/// naming it.
+pub async fn connect(url: &str, conf: &[(String, String)]) -> anyhow::Result<SessionContext> {
+    let mut config = SessionConfig::new_with_ballista();
+    for (key, value) in conf {
+        config
+            .options_mut()
+            .set(key, value)
+            .with_context(|| format!("--conf {key}={value}"))?;
+    }
     let parsed = url::Url::parse(url)
         .with_context(|| format!("invalid scheduler URL '{url}' (expected df://HOST:PORT)"))?;
     let (Some(host), Some(port)) = (parsed.host_str(), parsed.port()) else {
@@ -145,7 +168,11 @@ pub async fn connect(url: &str) -> anyhow::Result<SessionContext> {
             CONNECT_TIMEOUT.as_secs()
         ),
     }
-    SessionContext::remote(&format!("df://{host}:{port}"))
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .build();
+    SessionContext::remote_with_state(&format!("df://{host}:{port}"), state)
         .await
         .with_context(|| format!("cannot open a session on {url}"))
 }

@@ -96,7 +96,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn run_queries(local: &LocalCluster, data: &std::path::Path) -> anyhow::Result<()> {
-    let ctx = cluster::connect(&local.scheduler.url()).await?;
+    let ctx = cluster::connect(&local.scheduler.url(), &[]).await?;
     for name in ["users", "items", "plays"] {
         let source = TableSource {
             name: name.into(),

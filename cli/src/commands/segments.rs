@@ -41,7 +41,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn print(args: &Args, url: &str) -> anyhow::Result<()> {
-    let ctx = cluster::connect(url).await?;
+    let ctx = cluster::connect(url, &[]).await?;
     for table in ["users", "plays", "payments"] {
         tables::register(
             &ctx,

@@ -39,6 +39,10 @@ pub struct Args {
     /// disk beyond it (default: 70% of memory; 0 = unbounded).
     #[arg(long, env = "ENCORE_EXECUTOR_MEMORY_POOL_SIZE")]
     pub memory_pool_size: Option<u64>,
+    /// A session setting, as SQL's `SET key = value` (e.g.
+    /// datafusion.execution.target_partitions=4); repeat for more.
+    #[arg(long = "conf", value_name = "KEY=VALUE", value_parser = cluster::parse_conf)]
+    pub conf: Vec<(String, String)>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -57,7 +61,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn query(args: &Args, url: &str) -> anyhow::Result<()> {
-    let ctx = cluster::connect(url).await?;
+    let ctx = cluster::connect(url, &args.conf).await?;
     for table in &args.tables {
         tables::register(&ctx, table).await?;
     }

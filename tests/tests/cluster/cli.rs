@@ -101,6 +101,26 @@ fn sql_standalone_runs_without_a_cluster() {
     .unwrap();
     assert_eq!(code, 0, "stderr: {err}");
     assert!(out.contains("| 6    |"), "{out}");
+
+    // --conf sets session options, as SQL's SET does: with identifier
+    // normalisation off, the column keeps its capital.
+    let (code, out, err) = encore(&[
+        "sql",
+        "--standalone",
+        "--table",
+        &plays,
+        "--conf",
+        "datafusion.sql_parser.enable_ident_normalization=false",
+        "--conf",
+        "datafusion.execution.target_partitions=3",
+        "SELECT count(DISTINCT day) AS Days FROM plays",
+    ])
+    .unwrap();
+    assert_eq!(code, 0, "stderr: {err}");
+    assert!(
+        out.contains("| Days |") && out.contains("| 6    |"),
+        "{out}"
+    );
 }
 
 /// Each bad input: non-zero exit, one `error:` line naming the problem.
@@ -148,6 +168,26 @@ fn bad_input_gives_one_clear_error_line() {
         (
             vec!["sql", "--standalone", "SELECT 1", "--out", "result.xlsx"],
             "unknown format",
+        ),
+        (
+            vec![
+                "sql",
+                "--standalone",
+                "--conf",
+                "target_partitions",
+                "SELECT 1",
+            ],
+            "expected KEY=VALUE",
+        ),
+        (
+            vec![
+                "sql",
+                "--standalone",
+                "--conf",
+                "datafusion.execution.no_such_option=1",
+                "SELECT 1",
+            ],
+            "--conf datafusion.execution.no_such_option=1",
         ),
     ];
     for (args, needle) in cases {
