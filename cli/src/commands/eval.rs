@@ -71,7 +71,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let dir = tempfile::tempdir().context("creating a temporary folder")?;
     if args.dataset == "movielens" {
-        let config = RecommendConfig::default().apply(&overrides)?;
+        let config = eval::movielens_config().apply(&overrides)?;
         return movielens_eval(&args, &config, device, dir.path()).await;
     }
     let config = ChurnConfig::default().apply(&overrides)?;

@@ -135,7 +135,11 @@ fn movielens_ranks_the_full_catalogue_for_every_user() {
         .map(|v| v.parse().unwrap())
         .collect();
     assert_eq!(ours.len(), 4, "{out}");
-    assert!(ours[0] > 0.2 && ours[3] > 0.7, "{out}");
+    // RecBole's published BPR: 0.2523 / 0.2920 / 0.4855 / 0.7953. Recall and
+    // NDCG beat it by 0.01 or more on every split tried; MRR and Hit by less,
+    // so they are not asserted here (other thread counts sum differently).
+    assert!(ours[0] > 0.2523 && ours[1] > 0.2920, "{out}");
+    assert!(ours[2] > 0.45 && ours[3] > 0.75, "{out}");
     let (code, _, err) = encore(&[
         "eval",
         "movielens",
