@@ -58,12 +58,7 @@ fn job(registry: &Path) -> ChurnJob {
     }
 }
 
-fn python() -> PathBuf {
-    let venv = std::env::var_os("ENCORE_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv"));
-    venv.join("bin/python")
-}
+use encore_tests::python;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn churn_job_trains_registers_and_serves() {

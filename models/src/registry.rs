@@ -425,6 +425,15 @@ pub fn is_remote(location: &str) -> bool {
     location.contains("://") && !location.starts_with("file://")
 }
 
+/// A name no other writer uses at the same time: `prefix-<pid>-<nanos>`.
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+    )
+}
+
 /// A model name must be a plain folder name: `[a-z0-9][a-z0-9_-]{0,63}`.
 pub fn check_model_name(name: &str) -> Result<()> {
     encore_common::names::check_model_name(name).map_err(Error::NotFound)
@@ -435,15 +444,12 @@ impl Registry {
     /// pass it to [`Registry::publish`] once every file is written.
     pub fn stage(&self, model: &str) -> Result<PathBuf> {
         check_model_name(model)?;
+        // Beside the versions, or beside the cached copies of an object store.
         let root = match &self.backend {
             Backend::Local(root) => root,
-            Backend::Object(store) => return store.stage(model),
+            Backend::Object(store) => store.cache_root(),
         };
-        let dir = root.join(model).join(format!(
-            ".staging-{}-{}",
-            std::process::id(),
-            chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
-        ));
+        let dir = root.join(model).join(unique(".staging"));
         std::fs::create_dir_all(&dir).map_err(|e| Error::Invalid {
             path: dir.clone(),
             reason: e.to_string(),

@@ -9,18 +9,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray};
 use encore_model_server::{ModelServerConfig, ModelServerHandle, start_model_server};
 
-pub fn python() -> PathBuf {
-    let venv = std::env::var_os("ENCORE_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv"));
-    let python = venv.join("bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run scripts/setup.sh (scripts/test.sh does)",
-        python.display()
-    );
-    python
-}
+pub use encore_tests::python;
 
 /// Runs a Python `script` with `args`; panics with its output on failure.
 pub fn run_python(dir: &Path, file: &str, script: &str, args: &[&str]) -> String {

@@ -28,7 +28,7 @@ use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use tokio::io::AsyncWriteExt;
 
-use super::{RegistryError as Error, Result};
+use super::{RegistryError as Error, Result, unique};
 
 /// The runtime that drives object-store requests; it lives as long as the
 /// process (dropping a runtime inside another one panics).
@@ -237,20 +237,6 @@ impl ObjectRegistry {
         self.cache.join(model).join(version.to_string())
     }
 
-    /// A fresh local folder to stage a new version of `model` in.
-    pub fn stage(&self, model: &str) -> Result<PathBuf> {
-        let dir = self.cache.join(model).join(format!(
-            ".staging-{}-{}",
-            std::process::id(),
-            chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
-        ));
-        std::fs::create_dir_all(&dir).map_err(|e| Error::Invalid {
-            path: dir.clone(),
-            reason: e.to_string(),
-        })?;
-        Ok(dir)
-    }
-
     /// Claims the next free version number of `model`, uploads every file of
     /// `staged` into it, then the manifest `manifest(version)` returns, last.
     /// The staged folder becomes the cached copy. Returns the version.
@@ -334,11 +320,10 @@ impl ObjectRegistry {
         if dir.join("manifest.json").is_file() {
             return Ok(dir);
         }
-        let tmp = self.cache.join(model).join(format!(
-            ".download-{version}-{}-{}",
-            std::process::id(),
-            chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
-        ));
+        let tmp = self
+            .cache
+            .join(model)
+            .join(unique(&format!(".download-{version}")));
         let files = self.download(&format!("{model}/{version}"), &tmp);
         if !files
             .as_ref()
