@@ -252,15 +252,6 @@ impl Registry {
             })
     }
 
-    /// Writes registry file `rel` so that readers see the old or the new
-    /// content, never a part.
-    fn write(&self, rel: &str, text: String) -> Result<()> {
-        match &self.backend {
-            Backend::Local(root) => write_atomic(&root.join(rel), &text),
-            Backend::Object(store) => store.write(rel, text.into_bytes()),
-        }
-    }
-
     /// Model names (folders holding at least one version).
     pub fn models(&self) -> Result<Vec<String>> {
         let candidates = match &self.backend {
@@ -535,19 +526,56 @@ impl Registry {
                 "model '{model}' has no version {version} (versions: {versions:?})"
             )));
         }
-        let mut aliases = self.aliases(model)?;
-        let from = aliases.insert(alias.to_owned(), version);
-        let mut history = self.alias_history(model)?;
-        history.push(AliasMove {
-            alias: alias.to_owned(),
-            from,
-            to: version,
-            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            reason: reason.to_owned(),
-        });
-        self.write(&format!("{model}/alias_history.json"), pretty(&history))?;
-        self.write(&format!("{model}/aliases.json"), pretty(&aliases))?;
+        let mut from = None;
+        self.update_json(
+            &format!("{model}/aliases.json"),
+            |aliases: &mut BTreeMap<String, u64>| {
+                from = aliases.insert(alias.to_owned(), version);
+            },
+        )?;
+        self.update_json(
+            &format!("{model}/alias_history.json"),
+            |history: &mut Vec<AliasMove>| {
+                history.push(AliasMove {
+                    alias: alias.to_owned(),
+                    from,
+                    to: version,
+                    at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    reason: reason.to_owned(),
+                });
+            },
+        )?;
         Ok(from)
+    }
+
+    /// Reads registry file `rel` as JSON (default when absent), applies
+    /// `change` and writes it back. In an object store the write is
+    /// conditional on the file being unchanged since the read (and retried
+    /// if it was), so concurrent alias moves are never lost.
+    fn update_json<T>(&self, rel: &str, mut change: impl FnMut(&mut T)) -> Result<()>
+    where
+        T: Default + Serialize + for<'de> Deserialize<'de>,
+    {
+        let path = self.describe(rel);
+        let apply = |bytes: Option<&[u8]>| -> Result<String> {
+            let mut value: T = match bytes {
+                Some(bytes) => serde_json::from_slice(bytes).map_err(|e| Error::Invalid {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?,
+                None => T::default(),
+            };
+            change(&mut value);
+            Ok(pretty(&value))
+        };
+        match &self.backend {
+            Backend::Local(root) => {
+                let mut apply = apply;
+                let text = apply(self.read(rel)?.as_deref())?;
+                write_atomic(&root.join(rel), &text)
+            }
+            Backend::Object(store) => store.update(rel, apply),
+        }
     }
 
     /// Moves `alias` back to the version it pointed at before its last move
@@ -795,6 +823,22 @@ mod tests {
             reader.versions("nope"),
             Err(RegistryError::NotFound(_))
         ));
+
+        // Alias moves racing each other are all kept (conditional writes).
+        std::thread::scope(|scope| {
+            for t in 0..8 {
+                let registry = in_memory(&store, writer_cache.path());
+                scope.spawn(move || {
+                    registry
+                        .set_alias("churn", &format!("canary-{t}"), 3, "set")
+                        .unwrap()
+                });
+            }
+        });
+        let aliases = reader.aliases("churn").unwrap();
+        assert_eq!(aliases.len(), 8, "{aliases:?}");
+        assert!(aliases.values().all(|&v| v == 3));
+        assert_eq!(reader.alias_history("churn").unwrap().len(), 8);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::buffered::BufWriter;
 use object_store::path::Path as Key;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use tokio::io::AsyncWriteExt;
 
 use super::{RegistryError as Error, Result, unique};
@@ -179,12 +179,56 @@ impl ObjectRegistry {
         .map_err(|e| self.error(rel, e))
     }
 
-    /// Writes `rel` (an object appears whole or not at all).
-    pub fn write(&self, rel: &str, bytes: Vec<u8>) -> Result<()> {
+    /// Replaces `rel` with what `change` makes of its current bytes (None
+    /// when absent), on condition that nobody changed it in between (ETag
+    /// match, or create-if-absent); otherwise reads again and retries.
+    pub fn update(
+        &self,
+        rel: &str,
+        mut change: impl FnMut(Option<&[u8]>) -> Result<String>,
+    ) -> Result<()> {
         let key = self.key(rel);
-        block_on(self.store.put(&key, PutPayload::from(bytes)))
-            .map(drop)
-            .map_err(|e| self.error(rel, e))
+        for attempt in 0..50u64 {
+            let current = block_on(async {
+                match self.store.get(&key).await {
+                    Ok(got) => {
+                        let meta = got.meta.clone();
+                        Ok(Some((got.bytes().await?, meta)))
+                    }
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })
+            .map_err(|e| self.error(rel, e))?;
+            let next = change(current.as_ref().map(|(bytes, _)| bytes.as_ref()))?;
+            let mode = match &current {
+                Some((_, meta)) => PutMode::Update(UpdateVersion {
+                    e_tag: meta.e_tag.clone(),
+                    version: meta.version.clone(),
+                }),
+                None => PutMode::Create,
+            };
+            let put = self.store.put_opts(
+                &key,
+                PutPayload::from(next.into_bytes()),
+                PutOptions::from(mode),
+            );
+            match block_on(put) {
+                Ok(_) => return Ok(()),
+                Err(
+                    object_store::Error::Precondition { .. }
+                    | object_store::Error::AlreadyExists { .. },
+                ) => {
+                    // Someone else wrote it first: back off a little, re-read.
+                    std::thread::sleep(std::time::Duration::from_millis(5 + 7 * attempt));
+                }
+                Err(e) => return Err(self.error(rel, e)),
+            }
+        }
+        Err(self.error(
+            rel,
+            "other writers kept changing it; gave up after 50 tries",
+        ))
     }
 
     /// Names of the top-level folders (candidate models).
