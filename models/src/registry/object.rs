@@ -113,8 +113,17 @@ impl ObjectRegistry {
                 "an s3:// registry needs a bucket: s3://bucket/prefix".into(),
             ));
         }
+        // Registry requests are small and interactive: an unreachable or
+        // failing endpoint is reported within about half a minute, not
+        // object_store's default of three.
+        let retry = object_store::RetryConfig {
+            max_retries: 5,
+            retry_timeout: std::time::Duration::from_secs(30),
+            ..Default::default()
+        };
         let store = AmazonS3Builder::from_env()
             .with_url(location)
+            .with_retry(retry)
             .build()
             .map_err(|e| invalid(e.to_string()))?;
         Ok(Self::new(

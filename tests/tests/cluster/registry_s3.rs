@@ -192,4 +192,13 @@ fn an_s3_registry_is_trained_into_listed_promoted_and_served() {
         assert_eq!(code, 1, "{location}: {err}");
         assert!(err.contains(needle), "{location}: {err}");
     }
+    // An endpoint nobody listens on: an error naming the registry after a
+    // few retries (about 30 s at most), not object_store's 3-minute default.
+    let mut unreachable = list_env.clone();
+    unreachable.retain(|(k, _)| *k != "AWS_ENDPOINT");
+    unreachable.push(("AWS_ENDPOINT", "http://127.0.0.1:1"));
+    let (code, _, err) =
+        encore_env(&["models", "list", "--registry", registry], &unreachable).unwrap();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("s3://encore/models"), "{err}");
 }
