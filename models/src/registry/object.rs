@@ -25,7 +25,9 @@ use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::buffered::BufWriter;
 use object_store::path::Path as Key;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use object_store::{
+    ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion,
+};
 use tokio::io::AsyncWriteExt;
 
 use super::{RegistryError as Error, Result, unique};
@@ -177,15 +179,38 @@ impl ObjectRegistry {
 
     /// The bytes of `rel`, or None if there is no such object.
     pub fn read(&self, rel: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.get(rel)?.map(|(bytes, _)| bytes))
+    }
+
+    /// The bytes and metadata (ETag) of `rel`, or None if there is no such object.
+    fn get(&self, rel: &str) -> Result<Option<(Vec<u8>, ObjectMeta)>> {
         let key = self.key(rel);
         block_on(async {
             match self.store.get(&key).await {
-                Ok(got) => got.bytes().await.map(|b| Some(b.to_vec())),
+                Ok(got) => {
+                    let meta = got.meta.clone();
+                    Ok(Some((got.bytes().await?.to_vec(), meta)))
+                }
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
                 Err(e) => Err(e),
             }
         })
         .map_err(|e| self.error(rel, e))
+    }
+
+    /// Every object under `rel`: its key and its path parts below `rel`.
+    fn list_under(&self, rel: &str) -> Result<Vec<(Key, Vec<String>)>> {
+        let base = self.key(rel);
+        let objects = block_on(self.store.list(Some(&base)).try_collect::<Vec<_>>())
+            .map_err(|e| self.error(rel, e))?;
+        Ok(objects
+            .into_iter()
+            .filter_map(|meta| {
+                let parts = meta.location.prefix_match(&base)?;
+                let parts = parts.map(|p| p.as_ref().to_owned()).collect();
+                Some((meta.location, parts))
+            })
+            .collect())
     }
 
     /// Replaces `rel` with what `change` makes of its current bytes (None
@@ -198,17 +223,7 @@ impl ObjectRegistry {
     ) -> Result<()> {
         let key = self.key(rel);
         for attempt in 0..50u64 {
-            let current = block_on(async {
-                match self.store.get(&key).await {
-                    Ok(got) => {
-                        let meta = got.meta.clone();
-                        Ok(Some((got.bytes().await?, meta)))
-                    }
-                    Err(object_store::Error::NotFound { .. }) => Ok(None),
-                    Err(e) => Err(e),
-                }
-            })
-            .map_err(|e| self.error(rel, e))?;
+            let current = self.get(rel)?;
             let next = change(current.as_ref().map(|(bytes, _)| bytes.as_ref()))?;
             let mode = match &current {
                 Some((_, meta)) => PutMode::Update(UpdateVersion {
@@ -255,18 +270,12 @@ impl ObjectRegistry {
     /// The version numbers under `model`: those claimed by any writer, and
     /// those published (with a manifest). None when `model` has no objects.
     fn numbers(&self, model: &str) -> Result<Option<(BTreeSet<u64>, BTreeSet<u64>)>> {
-        let base = self.key(model);
-        let objects: Vec<_> = block_on(self.store.list(Some(&base)).try_collect::<Vec<_>>())
-            .map_err(|e| self.error(model, e))?;
+        let objects = self.list_under(model)?;
         if objects.is_empty() {
             return Ok(None);
         }
         let (mut claimed, mut published) = (BTreeSet::new(), BTreeSet::new());
-        for meta in objects {
-            let Some(parts) = meta.location.prefix_match(&base) else {
-                continue;
-            };
-            let parts: Vec<_> = parts.map(|p| p.as_ref().to_owned()).collect();
+        for (_, parts) in objects {
             if let Some(Ok(n)) = parts.first().map(|p| p.parse::<u64>()) {
                 claimed.insert(n);
                 if parts.len() == 2 && parts[1] == "manifest.json" {
@@ -414,21 +423,13 @@ impl ObjectRegistry {
     /// Downloads every object under `rel` into `dest` at the same relative
     /// paths (claim markers left out); returns those paths.
     pub fn download(&self, rel: &str, dest: &Path) -> Result<Vec<String>> {
-        let base = self.key(rel);
-        let objects = block_on(self.store.list(Some(&base)).try_collect::<Vec<_>>())
-            .map_err(|e| self.error(rel, e))?;
         let mut files = Vec::new();
-        for meta in objects {
-            let Some(parts) = meta.location.prefix_match(&base) else {
-                continue;
-            };
-            let parts: Vec<String> = parts.map(|p| p.as_ref().to_owned()).collect();
+        for (key, parts) in self.list_under(rel)? {
             let file = parts.join("/");
             if file == ".claim" || parts.iter().any(|p| p == ".." || p.is_empty()) {
                 continue;
             }
             let path = dest.join(&file);
-            let key = meta.location;
             block_on(async {
                 tokio::fs::create_dir_all(path.parent().unwrap_or(dest)).await?;
                 let mut stream = self.store.get(&key).await?.into_stream();
@@ -470,22 +471,9 @@ impl ObjectRegistry {
     }
 
     fn remove_where(&self, rel: &str, doomed: impl Fn(&str) -> bool) -> Result<()> {
-        let base = self.key(rel);
-        let objects = block_on(self.store.list(Some(&base)).try_collect::<Vec<_>>())
-            .map_err(|e| self.error(rel, e))?;
-        for meta in objects {
-            let below = meta
-                .location
-                .prefix_match(&base)
-                .map(|parts| {
-                    parts
-                        .map(|p| p.as_ref().to_owned())
-                        .collect::<Vec<_>>()
-                        .join("/")
-                })
-                .unwrap_or_default();
-            if doomed(&below) {
-                block_on(self.store.delete(&meta.location)).map_err(|e| self.error(rel, e))?;
+        for (key, parts) in self.list_under(rel)? {
+            if doomed(&parts.join("/")) {
+                block_on(self.store.delete(&key)).map_err(|e| self.error(rel, e))?;
             }
         }
         Ok(())
