@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use encore_proto::encore::v1::ScoreChurnRequest;
 use encore_proto::encore::v1::scoring_client::ScoringClient;
-use encore_tests::{Process, bin, encore, encore_env, python, wait_for};
+use encore_tests::{Process, bin, encore_env, python, wait_for};
+
+use crate::training::{generate, train_churn};
 
 /// moto's S3 server with the bucket `encore`; its endpoint URL.
 fn s3_endpoint() -> (Process, String) {
@@ -71,27 +73,11 @@ fn an_s3_registry_is_trained_into_listed_promoted_and_served() {
     let train_env: Vec<(&str, &str)> = train_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let registry = "s3://encore/models";
 
-    let (code, _, err) = encore(&[
-        "datagen", "--users", "800", "--days", "60", "--seed", "5", "--out", &data,
-    ])
-    .unwrap();
-    assert_eq!(code, 0, "{err}");
+    generate(&data, "800", "5");
     let train = |extra: &[&str]| {
-        let mut args = vec![
-            "train",
-            "churn",
-            "--data",
-            &data,
-            "--cutoff",
-            "2026-01-25",
-            "--registry",
-            registry,
-            "--cpu",
-            "--set",
-            "epochs=2",
-        ];
+        let mut args = vec!["--set", "epochs=2"];
         args.extend_from_slice(extra);
-        encore_env(&args, &train_env).unwrap()
+        train_churn(&data, registry, &args, &train_env)
     };
     let (code, out, err) = train(&[]);
     assert_eq!(code, 0, "{out}{err}");

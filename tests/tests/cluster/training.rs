@@ -2,33 +2,47 @@
 //! versions and a recommendation model on generated data, list them, promote, roll back, show, and
 //! refuse bad input with one clear line.
 
-use encore_tests::encore;
+use encore_tests::{encore, encore_env};
+
+/// `encore datagen`: `users` users over 60 days into `data`.
+pub fn generate(data: &str, users: &str, seed: &str) {
+    let (code, _, err) = encore(&[
+        "datagen", "--users", users, "--days", "60", "--seed", seed, "--out", data,
+    ])
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+}
+
+/// `encore train churn` on generated `data` at 2026-01-25 into `registry`,
+/// on the CPU, with `extra` arguments and environment `env`.
+pub fn train_churn(
+    data: &str,
+    registry: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, String, String) {
+    let mut args = vec![
+        "train",
+        "churn",
+        "--data",
+        data,
+        "--cutoff",
+        "2026-01-25",
+        "--registry",
+        registry,
+        "--cpu",
+    ];
+    args.extend_from_slice(extra);
+    encore_env(&args, env).unwrap()
+}
 
 #[test]
 fn train_registers_versions_and_models_promote_and_roll_back() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data").display().to_string();
     let registry = dir.path().join("registry").display().to_string();
-    let (code, _, err) = encore(&[
-        "datagen", "--users", "1500", "--days", "60", "--seed", "3", "--out", &data,
-    ])
-    .unwrap();
-    assert_eq!(code, 0, "{err}");
-    let train = |extra: &[&str]| {
-        let mut args = vec![
-            "train",
-            "churn",
-            "--data",
-            &data,
-            "--cutoff",
-            "2026-01-25",
-            "--registry",
-            &registry,
-            "--cpu",
-        ];
-        args.extend_from_slice(extra);
-        encore(&args).unwrap()
-    };
+    generate(&data, "1500", "3");
+    let train = |extra: &[&str]| train_churn(&data, &registry, extra, &[]);
     let (code, out, err) = train(&["--set", "epochs=4"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
