@@ -75,9 +75,9 @@ class Recommend(nn.Module):
             "item_ids", torch.arange(items, dtype=torch.int64) + 1
         )
 
-    def forward(
-        self, user_features: Tensor, hour: Tensor, device: Tensor, k: Tensor
-    ) -> Tuple[Tensor, Tensor]:
+    @torch.jit.export
+    def user_vectors(self, user_features: Tensor, hour: Tensor, device: Tensor) -> Tensor:
+        """The user tower in context, L2-normalised: [N, dim]."""
         hour_index = torch.clamp(hour, -1, 23) + 1
         device_index = torch.clamp(device, 0, self.device_embedding.num_embeddings - 1)
         u = (
@@ -85,7 +85,17 @@ class Recommend(nn.Module):
             + self.hour_embedding(hour_index)
             + self.device_embedding(device_index)
         )
-        u = F.normalize(u, dim=1)
+        return F.normalize(u, dim=1)
+
+    @torch.jit.export
+    def items(self) -> Tuple[Tensor, Tensor]:
+        """What forward scores against: item vectors [M, dim] and ids [M]."""
+        return self.item_embeddings, self.item_ids
+
+    def forward(
+        self, user_features: Tensor, hour: Tensor, device: Tensor, k: Tensor
+    ) -> Tuple[Tensor, Tensor]:
+        u = self.user_vectors(user_features, hour, device)
         scores = u @ self.item_embeddings.t()
         top_k = min(int(k[0].item()), self.item_embeddings.size(0))
         top = torch.topk(scores, top_k, dim=1)

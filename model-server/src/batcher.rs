@@ -19,6 +19,7 @@ use tch::{CModule, Device, IValue, Tensor};
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
+use crate::retrieval::Retrieval;
 
 /// How one model version batches and how many instances run it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +106,9 @@ pub struct Signature {
     pub batched: Vec<bool>,
     /// Number of output tensors.
     pub outputs: usize,
+    /// For a recommend module that exports its user tower and items: the
+    /// index that scores the items in place of `forward`'s matrix product.
+    pub retrieval: Option<Arc<Retrieval>>,
 }
 
 impl Batcher {
@@ -346,8 +350,48 @@ impl Worker {
             model: self.label.clone(),
             source,
         };
-        let output = tch::no_grad(|| self.module.forward_is(&args)).map_err(torch)?;
-        let tensors = match output {
+        let indexed = match &self.signature.retrieval {
+            Some(retrieval) => {
+                tch::no_grad(|| retrieval.run(&self.module, &args)).map_err(torch)?
+            }
+            None => None,
+        };
+        let tensors = match indexed {
+            Some(tensors) => tensors,
+            None => self.run_forward(&args)?,
+        };
+        if tensors.len() != self.signature.outputs {
+            return Err(Error::Internal(format!(
+                "model {} returned {} tensors, its manifest lists {} outputs",
+                self.label,
+                tensors.len(),
+                self.signature.outputs
+            )));
+        }
+        tensors
+            .into_iter()
+            .map(|t| {
+                if t.dim() == 0 || t.size()[0] != rows as i64 {
+                    Err(Error::Internal(format!(
+                        "model {} returned an output of shape {:?} for a batch of {rows}",
+                        self.label,
+                        t.size()
+                    )))
+                } else {
+                    Ok(t.to_device(Device::Cpu))
+                }
+            })
+            .collect()
+    }
+
+    /// `forward(args)`, its result as a list of tensors.
+    fn run_forward(&self, args: &[IValue]) -> Result<Vec<Tensor>> {
+        let torch = |source| Error::Torch {
+            model: self.label.clone(),
+            source,
+        };
+        let output = tch::no_grad(|| self.module.forward_is(args)).map_err(torch)?;
+        Ok(match output {
             // One [N, outputs] tensor stands for that many [N] outputs (a
             // traced module cannot return a tuple).
             IValue::Tensor(t)
@@ -375,28 +419,6 @@ impl Worker {
                     self.label
                 )));
             }
-        };
-        if tensors.len() != self.signature.outputs {
-            return Err(Error::Internal(format!(
-                "model {} returned {} tensors, its manifest lists {} outputs",
-                self.label,
-                tensors.len(),
-                self.signature.outputs
-            )));
-        }
-        tensors
-            .into_iter()
-            .map(|t| {
-                if t.dim() == 0 || t.size()[0] != rows as i64 {
-                    Err(Error::Internal(format!(
-                        "model {} returned an output of shape {:?} for a batch of {rows}",
-                        self.label,
-                        t.size()
-                    )))
-                } else {
-                    Ok(t.to_device(Device::Cpu))
-                }
-            })
-            .collect()
+        })
     }
 }

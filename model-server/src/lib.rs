@@ -9,7 +9,8 @@
 //!
 //! A request flows: front end (`kserve`, `scoring`, `flight`) → `store` (deployment,
 //! A/B route, shadow) → `model` (contract: snapshot lookup, fallbacks) →
-//! `batcher` (dynamic batching on model instances) → TorchScript.
+//! `batcher` (dynamic batching on model instances) → TorchScript, with
+//! `retrieval` scoring a recommend module's items in its place.
 
 pub mod auth;
 pub mod batcher;
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod model;
 pub mod registry;
 pub mod request;
+pub mod retrieval;
 pub mod scoring;
 mod server;
 pub mod snapshot;

@@ -60,6 +60,10 @@ struct Args {
     /// Model instances (threads with their own module) per loaded version.
     #[arg(long, env = "ENCORE_MODEL_SERVER_INSTANCES", default_value_t = BatchConfig::default().instances)]
     instances: usize,
+    /// Let recommend modules' `forward` score every item, even when they
+    /// export `user_vectors` and `items` for the server's exact item index.
+    #[arg(long, env = "ENCORE_MODEL_SERVER_NO_ITEM_INDEX")]
+    no_item_index: bool,
     /// libtorch intra-op threads (0: libtorch's default, all cores).
     #[arg(long, env = "ENCORE_MODEL_SERVER_TORCH_THREADS", default_value_t = 1)]
     torch_threads: usize,
@@ -153,6 +157,7 @@ fn run() -> anyhow::Result<()> {
         splits,
         poll_interval: Duration::from_secs_f64(args.poll_interval_seconds),
         torch_threads: args.torch_threads,
+        item_index: !args.no_item_index,
         auth_token,
         tls: args
             .tls_cert

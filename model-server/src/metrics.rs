@@ -35,6 +35,9 @@ pub struct ServerMetrics {
     pub load_duration: HistogramVec,
     /// Failed model loads by model.
     pub load_failures: IntCounterVec,
+    /// Items in the exact item index of a recommend version (0: its
+    /// `forward` scores the items), by model and version.
+    pub item_index_items: IntGaugeVec,
     /// Versions swapped in by the alias poller, by model.
     pub version_swaps: IntCounterVec,
     /// Shadow requests by model and outcome (ok|error|dropped).
@@ -105,6 +108,15 @@ impl ServerMetrics {
             "Users not in the model's online feature snapshot (served a fallback), by model",
             &["model"],
         )?;
+        let item_index_items = IntGaugeVec::new(
+            Opts::new(
+                "encore_model_server_item_index_items",
+                "Items scored by the server's exact item index for a recommend model version \
+                 (0 when the module's forward scores them)",
+            ),
+            &["model", "version"],
+        )?;
+        registry.register(Box::new(item_index_items.clone()))?;
         let load_failures = counter(
             "encore_model_server_model_load_failures_total",
             "Model loads that failed, by model",
@@ -144,6 +156,7 @@ impl ServerMetrics {
             inference_duration,
             batch_size,
             snapshot_misses,
+            item_index_items,
             loaded_models,
             load_duration,
             load_failures,

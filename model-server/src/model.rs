@@ -5,14 +5,15 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
-use prometheus::IntCounter;
-use tch::{Device, Kind, Tensor};
-use tracing::info;
+use prometheus::{IntCounter, IntGauge};
+use tch::{Device, IValue, Kind, Tensor};
+use tracing::{info, warn};
 
 use crate::batcher::{BatchConfig, BatchMetrics, Batcher, Outputs, Signature};
 use crate::contract::{Contract, MAX_K};
 use crate::error::{Error, Result};
 use crate::registry::{Manifest, Registry};
+use crate::retrieval::Retrieval;
 use crate::snapshot::Snapshot;
 
 /// A loaded model version.
@@ -82,7 +83,12 @@ impl<'a> RecommendQuery<'a> {
 
 impl ServedModel {
     /// Loads version `version` of `name`: manifest, contract check, snapshot,
-    /// and `batch.instances` copies of `model.pt` on `device`.
+    /// and `batch.instances` copies of `model.pt` on `device`. With
+    /// `item_index` (a gauge it sets to the items indexed), a recommend
+    /// module that exports `user_vectors` and `items` gets its items scored
+    /// by the exact [`Retrieval`] index, once that answers a probe as
+    /// `forward` does.
+    #[allow(clippy::too_many_arguments)]
     pub fn load(
         registry: &Registry,
         name: &str,
@@ -91,6 +97,7 @@ impl ServedModel {
         metrics: BatchMetrics,
         snapshot_misses: IntCounter,
         device: Device,
+        item_index: Option<IntGauge>,
     ) -> Result<Self> {
         let manifest = registry.manifest(name, version)?;
         let dir = registry.fetch(name, version)?;
@@ -100,6 +107,24 @@ impl ServedModel {
         })?;
         let features: Vec<&str> = manifest.features.iter().map(|f| f.name()).collect();
         let snapshot = Snapshot::load(&dir, &features)?;
+        let path = dir.join("model.pt");
+        let label = format!("{name}:{version}");
+        let load_module = || {
+            tch::CModule::load_on_device(&path, device).map_err(|source| Error::Torch {
+                model: label.clone(),
+                source,
+            })
+        };
+        let mut first = None;
+        let mut retrieval = None;
+        if let (Some(gauge), Contract::Recommend { width }, Device::Cpu) =
+            (&item_index, &contract, device)
+        {
+            let module = load_module()?;
+            retrieval = index_items(&module, &label, &snapshot, *width, &manifest);
+            gauge.set(retrieval.as_ref().map_or(0, |r| r.index().len() as i64));
+            first = Some(module);
+        }
         let signature = Signature {
             batched: manifest
                 .inputs
@@ -107,14 +132,10 @@ impl ServedModel {
                 .map(|s| s.shape.first() == Some(&-1))
                 .collect(),
             outputs: manifest.outputs.len(),
+            retrieval: retrieval.map(std::sync::Arc::new),
         };
-        let path = dir.join("model.pt");
-        let label = format!("{name}:{version}");
         let batcher = Batcher::start(label.clone(), batch, signature, metrics, device, || {
-            tch::CModule::load_on_device(&path, device).map_err(|source| Error::Torch {
-                model: label.clone(),
-                source,
-            })
+            first.take().map_or_else(load_module, Ok)
         })?;
         info!(
             model = name,
@@ -455,6 +476,72 @@ impl ServedModel {
             self.label(),
             self.manifest.kind
         ))
+    }
+}
+
+/// The item index of a recommend `module` that exports `user_vectors` and
+/// `items`, if it answers a probe of up to 8 snapshot users in several
+/// contexts exactly as `forward` does; otherwise (logged) `None`.
+fn index_items(
+    module: &tch::CModule,
+    label: &str,
+    snapshot: &Snapshot,
+    width: usize,
+    manifest: &Manifest,
+) -> Option<Retrieval> {
+    let retrieval = match Retrieval::of_module(module) {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            info!(
+                model = label,
+                "no user_vectors/items methods: forward scores the items"
+            );
+            return None;
+        }
+        Err(reason) => {
+            warn!(model = label, %reason, "item index not built: forward scores the items");
+            return None;
+        }
+    };
+    let rows = snapshot.users().clamp(1, 8);
+    let mut features = vec![0f32; rows * width];
+    for (row, out) in features
+        .chunks_exact_mut(width.max(1))
+        .enumerate()
+        .take(snapshot.users())
+    {
+        out.copy_from_slice(snapshot.features(row));
+    }
+    let hours: Vec<i64> = (0..rows as i64)
+        .map(|i| [-1, 0, 8, 17, 23][i as usize % 5])
+        .collect();
+    let devices: Vec<i64> = (0..rows as i64)
+        .map(|i| i % (manifest.devices.len() as i64 + 1))
+        .collect();
+    let args = [
+        Tensor::from_slice(&features).view([rows as i64, width as i64]),
+        Tensor::from_slice(&hours),
+        Tensor::from_slice(&devices),
+        Tensor::from_slice(&[16i64]),
+    ]
+    .map(IValue::Tensor);
+    match tch::no_grad(|| retrieval.check(module, &args)) {
+        Ok(()) => {
+            let index = retrieval.index();
+            info!(
+                model = label,
+                items = index.len(),
+                dim = index.dim(),
+                megabytes = index.bytes() as f64 / 1e6,
+                avx2 = crate::retrieval::kernel::avx2(),
+                "exact item index built and checked against forward"
+            );
+            Some(retrieval)
+        }
+        Err(reason) => {
+            warn!(model = label, %reason, "item index disagrees with forward: forward scores the items");
+            None
+        }
     }
 }
 

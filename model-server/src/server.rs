@@ -49,6 +49,9 @@ pub struct ModelServerConfig {
     pub auth_token: Option<BearerToken>,
     /// When set, the port speaks TLS (gRPC over h2, HTTPS for /metrics...).
     pub tls: Option<TlsFiles>,
+    /// Score recommend modules that export `user_vectors` and `items` with
+    /// the server's exact item index instead of their `forward` (on CPU).
+    pub item_index: bool,
 }
 
 impl Default for ModelServerConfig {
@@ -65,6 +68,7 @@ impl Default for ModelServerConfig {
             torch_threads: 1,
             auth_token: None,
             tls: None,
+            item_index: true,
         }
     }
 }
@@ -133,6 +137,7 @@ pub async fn start_model_server(config: ModelServerConfig) -> Result<ModelServer
             batch: config.batch,
             splits: config.splits.clone(),
             device: encore_models::default_device(),
+            item_index: config.item_index,
         },
         metrics.clone(),
     ));

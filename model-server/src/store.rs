@@ -72,6 +72,9 @@ pub struct StoreConfig {
     pub splits: HashMap<String, Split>,
     /// Where models run.
     pub device: Device,
+    /// Score a recommend module's items with the server's exact item index
+    /// when the module exports `user_vectors` and `items` (CPU only).
+    pub item_index: bool,
 }
 
 struct Route {
@@ -258,6 +261,9 @@ impl ModelStore {
             batch_metrics,
             m.snapshot_misses.with_label_values(&[name]),
             self.config.device,
+            self.config
+                .item_index
+                .then(|| m.item_index_items.with_label_values(&[name, &v])),
         );
         match loaded {
             Ok(model) => {

@@ -665,10 +665,12 @@ impl TrainedRecommend {
     }
 }
 
-/// The serving module's `forward` (see [`TrainedRecommend::export`]); the
-/// concatenation order matches [`Towers::users`].
+/// The serving module's methods (see [`TrainedRecommend::export`]): the
+/// user tower (`user_vectors`, concatenating as [`Towers::users`] does),
+/// the items, and `forward`, the top k of their inner products. The model
+/// server scores the items itself when a module has the first two.
 const RECOMMEND_SOURCE: &str = r#"
-def forward(self, user_features: Tensor, hour: Tensor, device: Tensor, k: Tensor) -> Tuple[Tensor, Tensor]:
+def user_vectors(self, user_features: Tensor, hour: Tensor, device: Tensor) -> Tensor:
     f = self.feature_mean.size(0)
     numeric = (user_features[:, :f] - self.feature_mean) / self.feature_std
     fixed = user_features[:, f:]
@@ -679,7 +681,13 @@ def forward(self, user_features: Tensor, hour: Tensor, device: Tensor, k: Tensor
     x = torch.cat([fixed, numeric, self.hour_embedding[slot], self.device_embedding[code]], 1)
     h = torch.relu(torch.matmul(x, self.w0.t()) + self.b0)
     u = torch.matmul(h, self.w1.t()) + self.b1
-    u = u / torch.clamp(torch.sqrt(torch.sum(u * u, 1, True)), 1e-6)
+    return u / torch.clamp(torch.sqrt(torch.sum(u * u, 1, True)), 1e-6)
+
+def items(self) -> Tuple[Tensor, Tensor]:
+    return self.item_vectors, self.item_ids
+
+def forward(self, user_features: Tensor, hour: Tensor, device: Tensor, k: Tensor) -> Tuple[Tensor, Tensor]:
+    u = self.user_vectors(user_features, hour, device)
     scores = torch.matmul(u, self.item_vectors.t())
     kk = min(max(int(k[0]), 0), scores.size(1))
     top = torch.topk(scores, kk, 1)
@@ -1143,6 +1151,33 @@ mod tests {
         let gap = (scores - expected_scores).abs().max().double_value(&[]);
         assert!(gap < 1e-4, "scores differ by {gap}");
         assert_eq!(run(12).0.size(), [2, 12]);
+        // The user tower and the items, which the model server's item index
+        // scores in place of forward, are the model's own.
+        let vectors = module
+            .method_ts(
+                "user_vectors",
+                &[
+                    input.shallow_clone(),
+                    Tensor::from_slice(&[context.hour, context.hour]),
+                    Tensor::from_slice(&[context.device, context.device]),
+                ],
+            )
+            .unwrap();
+        let gap = (vectors - trained.user_vectors_in(&users, context))
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(gap < 1e-5, "user vectors differ by {gap}");
+        let no_args: [tch::IValue; 0] = [];
+        let tch::IValue::Tuple(items) = module.method_is("items", &no_args).unwrap() else {
+            panic!("items() is not a tuple")
+        };
+        let (tch::IValue::Tensor(vectors), tch::IValue::Tensor(ids)) = (&items[0], &items[1])
+        else {
+            panic!("items() is not two tensors")
+        };
+        assert!(vectors.equal(&trained.item_vectors));
+        assert_eq!(Vec::<i64>::try_from(ids).unwrap(), item_ids);
         // k beyond the catalogue returns every item.
         assert_eq!(run(1000).0.size(), [2, data.items]);
         // Unknown context and device codes are accepted.

@@ -184,6 +184,7 @@ fn main() -> anyhow::Result<()> {
                 batch: BatchConfig::default(),
                 splits: Default::default(),
                 device: tch::Device::Cpu,
+                item_index: true,
             },
             metrics,
         ));

@@ -46,21 +46,47 @@ torch.jit.script(Churn(float(sys.argv[2]))).save(sys.argv[1])
 /// Recommend: item i (id 1000 + i) has embedding e_(i % 4) * (i + 1) / n;
 /// a user's embedding is its 4 features; hour and device add nothing.
 /// So a user with features e_j is recommended j + 4m items, highest first.
+/// Mode `indexed` also exports `items()`, so the server's item index scores
+/// the items; `wrong` exports an `items()` that disagrees with `forward`
+/// (the server must notice and keep `forward`); `plain` exports neither.
 const EXPORT_RECOMMEND: &str = r#"
 import sys, torch
+from typing import Tuple
 class Recommend(torch.nn.Module):
     def __init__(self, n: int):
         super().__init__()
         i = torch.arange(n)
         emb = torch.nn.functional.one_hot(i % 4, 4).float() * ((i + 1).float() / n).unsqueeze(1)
-        self.register_buffer("items", emb)
+        self.register_buffer("item_vectors", emb)
         self.register_buffer("ids", i + 1000)
+    def user_vectors(self, user_features, hour, device):
+        return user_features + 0.0 * (hour + device).float().unsqueeze(1)
     def forward(self, user_features, hour, device, k):
-        scores = user_features @ self.items.t() + 0.0 * (hour + device).float().unsqueeze(1)
+        scores = self.user_vectors(user_features, hour, device) @ self.item_vectors.t()
         top, idx = torch.topk(scores, int(k[0]), dim=1)
         return self.ids[idx], top
-torch.jit.script(Recommend(int(sys.argv[2]))).save(sys.argv[1])
+class Indexed(Recommend):
+    @torch.jit.export
+    def items(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.item_vectors, self.ids
+class Wrong(Recommend):
+    @torch.jit.export
+    def items(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.item_vectors.flip(0), self.ids
+kind = {"plain": Recommend, "indexed": Indexed, "wrong": Wrong}[sys.argv[3]]
+torch.jit.script(kind(int(sys.argv[2]))).save(sys.argv[1])
 "#;
+
+/// How the recommend fixture's module scores its items (see `EXPORT_RECOMMEND`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecommendModule {
+    /// `forward` only.
+    Plain,
+    /// `user_vectors` and `items` too: the server's item index is used.
+    Indexed,
+    /// An `items()` that disagrees with `forward`.
+    Wrong,
+}
 
 pub fn write_parquet(path: &Path, columns: Vec<(&str, ArrayRef)>) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -150,12 +176,26 @@ pub const ITEMS: i64 = 100;
 /// one-hot feature e_(u % 4); popular items: 1001..=1005 overall, 1050..=1052
 /// for "car" at any hour.
 pub fn export_recommend(registry: &Path, version: u64) {
+    export_recommend_as(registry, version, RecommendModule::Indexed);
+}
+
+/// [`export_recommend`] with the given kind of module.
+pub fn export_recommend_as(registry: &Path, version: u64, module: RecommendModule) {
     let dir = version_dir(registry, "recommend", version);
+    let mode = match module {
+        RecommendModule::Plain => "plain",
+        RecommendModule::Indexed => "indexed",
+        RecommendModule::Wrong => "wrong",
+    };
     run_python(
         registry,
         "export_recommend.py",
         EXPORT_RECOMMEND,
-        &[dir.join("model.pt").to_str().unwrap(), &ITEMS.to_string()],
+        &[
+            dir.join("model.pt").to_str().unwrap(),
+            &ITEMS.to_string(),
+            mode,
+        ],
     );
     let users: Vec<i64> = (1..=8).collect();
     let onehot = |j: i64| -> ArrayRef {

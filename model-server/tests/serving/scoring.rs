@@ -197,3 +197,72 @@ async fn typed_api_rejects_bad_input_naming_it() {
         );
     }
 }
+
+/// The server's exact item index answers as the module's `forward` does;
+/// a module whose `items()` disagrees with `forward`, one without `items()`
+/// and a server with the index turned off all keep `forward`.
+#[tokio::test]
+async fn recommend_item_index_answers_as_forward_and_is_refused_when_it_disagrees() {
+    let cases = [
+        (RecommendModule::Indexed, true, Some(ITEMS)),
+        (RecommendModule::Plain, true, Some(0)),
+        (RecommendModule::Wrong, true, Some(0)),
+        (RecommendModule::Indexed, false, None),
+    ];
+    for (module, item_index, indexed) in cases {
+        let registry = tempfile::tempdir().unwrap();
+        export_recommend_as(registry.path(), 1, module);
+        let server = serve_with(registry.path(), |c| c.item_index = item_index).await;
+        let case = format!("{module:?}, item_index {item_index}");
+        let addr = server.addr().to_string();
+        let text = tokio::task::spawn_blocking(move || {
+            encore_tests::http_get(&addr, "/metrics").unwrap().1
+        })
+        .await
+        .unwrap();
+        let gauge = text
+            .lines()
+            .find(|l| {
+                l.starts_with("encore_model_server_item_index_items{")
+                    && l.contains("model=\"recommend\"")
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<i64>().unwrap());
+        assert_eq!(gauge, indexed, "{case}");
+
+        let mut client = client(server.addr()).await;
+        let contexts = [
+            Some(Context {
+                hour: 8,
+                device: "mobile".into(),
+            }),
+            Some(Context {
+                hour: 23,
+                device: "car".into(),
+            }),
+            None,
+        ];
+        for user_id in 1..=8 {
+            for k in [1u32, 5, 16, 25] {
+                for context in &contexts {
+                    let r = client
+                        .recommend(RecommendRequest {
+                            user_id,
+                            k,
+                            context: context.clone(),
+                            ..Default::default()
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    let items: Vec<i64> = r.items.iter().map(|i| i.item_id).collect();
+                    assert_eq!(items, expected_items(user_id, k as usize), "{case}");
+                    for item in &r.items {
+                        // Item 1000 + i scores (i + 1) / ITEMS.
+                        let expected = (item.item_id - 1000 + 1) as f32 / ITEMS as f32;
+                        assert!((item.score - expected).abs() < 1e-6, "{case}: {item:?}");
+                    }
+                }
+            }
+        }
+    }
+}
