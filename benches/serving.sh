@@ -7,7 +7,11 @@
 # sweep per model, then an open-loop run of Encore churn at half its best
 # QPS, then Arrow Flight batch scoring. Each server runs alone while measured.
 #
-#   benches/serving.sh [--users 100000] [--items 100000] [--seconds 5]
+#   benches/serving.sh [--users 100000] [--items 100000] [--seconds 5] [--no-build]
+#
+# --no-build uses the release binaries already built (they must match the
+# checkout); Encore's recommend runs with its item index unless
+# ENCORE_MODEL_SERVER_NO_ITEM_INDEX=true is set.
 #
 # Writes benches/results/serving-<timestamp>.jsonl and prints a summary
 # (paste it into benches/RESULTS.md).
@@ -23,12 +27,15 @@ while [ $# -gt 0 ]; do
         --items) ITEMS=$2; shift 2 ;;
         --seconds) SECONDS_PER_LEVEL=$2; shift 2 ;;
         --levels) LEVELS=$2; shift 2 ;;
+        --no-build) NO_BUILD=1; shift ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
 
-echo "bench: building release binaries" >&2
-cargo build --release --locked -p encore-model-server -p encore-benches --bins >&2
+if [ -z "${NO_BUILD:-}" ]; then
+    echo "bench: building release binaries" >&2
+    cargo build --release --locked -p encore-model-server -p encore-benches --bins >&2
+fi
 BIN=${CARGO_TARGET_DIR:-target}/release
 
 WORK=$(mktemp -d)
@@ -58,15 +65,20 @@ OUT=benches/results/serving-$(date -u +%Y%m%dT%H%M%SZ).jsonl
 } >"$OUT"
 
 run_side() {
-    local label=$1
-    for model in churn recommend; do
+    local label=$1 models=${2:-churn recommend}
+    for model in $models; do
         echo "bench: $label $model, concurrency $LEVELS" >&2
         "$BIN/serving-load" --addr "$ADDR" --model "$model" --users "$USERS" \
             --concurrency "$LEVELS" --seconds "$SECONDS_PER_LEVEL" --label "$label" | tee -a "$OUT" >&2
     done
 }
 
+metrics() { python -c 'import sys, urllib.request; print(urllib.request.urlopen("http://" + sys.argv[1] + "/metrics").read().decode())' "$ADDR"; }
+# Items the server's exact item index holds for recommend (0: forward scores them).
+index_items() { metrics | awk -v label="$1" '/^encore_model_server_item_index_items\{model="recommend"/ {printf "{\"label\": \"%s\", \"item_index_items\": %s}\n", label, $NF}'; }
+
 start "$WORK/encore.out" "$BIN/encore-model-server" --registry "$WORK/registry" --bind-port 0 --poll-interval-seconds 0
+index_items encore | tee -a "$OUT" >&2
 run_side encore
 best_churn=$(python - "$OUT" <<'PY'
 import json, sys
@@ -79,7 +91,6 @@ half=$((best_churn / 2))
 echo "bench: encore churn open loop at $half req/s (half of $best_churn)" >&2
 # The server's own view of the same run: its request-latency histogram
 # (decode to response, no network or client), read before and after.
-metrics() { python -c 'import sys, urllib.request; print(urllib.request.urlopen("http://" + sys.argv[1] + "/metrics").read().decode())' "$ADDR"; }
 metrics >"$WORK/metrics.before"
 "$BIN/serving-load" --addr "$ADDR" --model churn --users "$USERS" --rate "$half" --seconds 10 --label encore-half-max | tee -a "$OUT" >&2
 metrics >"$WORK/metrics.after"
@@ -105,9 +116,15 @@ echo "bench: encore Flight batch scoring" >&2
 "$BIN/flight-throughput" --addr "$ADDR" --users 2000000 --snapshot-users "$USERS" | tee -a "$OUT" >&2
 kill "${PIDS[0]}"; wait "${PIDS[0]}" 2>/dev/null || true
 
+# The same server letting the module's forward score every item: what the
+# item index is worth, apart from the server loop.
+start "$WORK/forward.out" "$BIN/encore-model-server" --registry "$WORK/registry" --bind-port 0 --poll-interval-seconds 0 --no-item-index
+run_side encore-forward recommend
+kill "${PIDS[1]}"; wait "${PIDS[1]}" 2>/dev/null || true
+
 start "$WORK/python.out" python benches/peers/kserve_torch_server.py --registry "$WORK/registry" --port 0 --workers 8 --torch-threads 1
 run_side python
-kill "${PIDS[1]}"; wait "${PIDS[1]}" 2>/dev/null || true
+kill "${PIDS[2]}"; wait "${PIDS[2]}" 2>/dev/null || true
 
 python - "$OUT" <<'PY'
 import json, sys
@@ -129,15 +146,18 @@ for r in rows:
             best[key] = (r["qps"], r["p99_ms"], r["concurrency"])
 print("| model | Encore max QPS (p99 < 5 ms) | Python max QPS (p99 < 5 ms) | ratio |")
 print("|---|---:|---:|---:|")
-for model in ["churn", "recommend"]:
-    e = best.get((model, "encore"), (0, 0, 0)); p = best.get((model, "python"), (0, 0, 0))
+for model, label in [("churn", "encore"), ("recommend", "encore"), ("recommend", "encore-forward")]:
+    e = best.get((model, label), (0, 0, 0)); p = best.get((model, "python"), (0, 0, 0))
     ratio = e[0] / p[0] if p[0] else float("inf")
-    print(f"| {model} | {e[0]:.0f} (p99 {e[1]:.2f} ms, c={e[2]}) | {p[0]:.0f} (p99 {p[1]:.2f} ms, c={p[2]}) | {ratio:.1f}x |")
+    name = model if label == "encore" else f"{model} ({label})"
+    print(f"| {name} | {e[0]:.0f} (p99 {e[1]:.2f} ms, c={e[2]}) | {p[0]:.0f} (p99 {p[1]:.2f} ms, c={p[2]}) | {ratio:.1f}x |")
 for r in rows:
     if "rate" in r and "p99_ms" in r:
         print(f"\nEncore churn open loop at {r['rate']:.0f} req/s, client view: p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms, {r['errors']} errors (client send lag p99 {r.get('send_lag_p99_ms', 0):.2f} ms)")
     if "p99_le_ms" in r:
         print(f"Same run, server view (request histogram, bucket bounds): p50 <= {r['p50_le_ms']:.3f} ms, p99 <= {r['p99_le_ms']:.3f} ms over {r['requests']:.0f} requests")
+    if "item_index_items" in r:
+        print(f"\nEncore recommend item index: {r['item_index_items']} items")
     if "users_per_second" in r:
         print(f"Encore Flight batch churn scoring: {r['users']} users in {r['seconds']:.2f} s = {r['users_per_second']/1e6:.2f} M users/s (batches of {r['batch_rows']})")
 PY
