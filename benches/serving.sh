@@ -82,7 +82,7 @@ index_items encore | tee -a "$OUT" >&2
 run_side encore
 best_churn=$(python - "$OUT" <<'PY'
 import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if '"label"' in l]
+rows = [r for r in (json.loads(l) for l in open(sys.argv[1]) if '"label"' in l) if "model" in r]
 ok = [r["qps"] for r in rows if r["label"] == "encore" and r["model"] == "churn" and r["p99_ms"] < 5 and r["errors"] == 0]
 print(int(max(ok)) if ok else 100)
 PY
