@@ -285,7 +285,6 @@ impl Retrieval {
                 Self::ITEMS
             ));
         }
-        let flat = |t: &Tensor, kind| t.to_device(Device::Cpu).to_kind(kind).contiguous().view(-1);
         let values =
             Vec::<f32>::try_from(flat(&vectors, Kind::Float)).map_err(|e| e.to_string())?;
         let ids = Vec::<i64>::try_from(flat(&ids, Kind::Int64)).map_err(|e| e.to_string())?;
@@ -305,9 +304,7 @@ impl Retrieval {
         let Some((IValue::Tensor(k), user_args)) = args.split_last() else {
             return Ok(None);
         };
-        let k = match Vec::<i64>::try_from(k.to_device(Device::Cpu).to_kind(Kind::Int64).view(-1))?
-            .first()
-        {
+        let k = match Vec::<i64>::try_from(flat(k, Kind::Int64))?.first() {
             Some(&k) if k >= 1 => k as usize,
             _ => return Ok(None),
         };
@@ -329,13 +326,7 @@ impl Retrieval {
             )));
         }
         let rows = size[0];
-        let values = Vec::<f32>::try_from(
-            users
-                .to_device(Device::Cpu)
-                .to_kind(Kind::Float)
-                .contiguous()
-                .view(-1),
-        )?;
+        let values = Vec::<f32>::try_from(flat(&users, Kind::Float))?;
         let Some(found) = self.index.search(&values, k) else {
             return Ok(None);
         };
@@ -371,7 +362,6 @@ impl Retrieval {
                 ours[0].size()
             ));
         }
-        let flat = |t: &Tensor, kind| t.to_device(Device::Cpu).to_kind(kind).contiguous().view(-1);
         let (their_ids, our_ids, their_scores, our_scores) = (
             Vec::<i64>::try_from(flat(ids, Kind::Int64)).map_err(text)?,
             Vec::<i64>::try_from(flat(&ours[0], Kind::Int64)).map_err(text)?,
@@ -398,6 +388,11 @@ impl Retrieval {
         }
         Ok(())
     }
+}
+
+/// `t` on the CPU as a flat, contiguous tensor of `kind`.
+fn flat(t: &Tensor, kind: Kind) -> Tensor {
+    t.to_device(Device::Cpu).to_kind(kind).contiguous().view(-1)
 }
 
 /// Whether the score at `j` is within 1e-4 of a neighbour (ranks may swap).
