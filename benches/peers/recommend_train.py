@@ -68,6 +68,16 @@ class TwoTower(nn.Module):
         x = torch.cat([self.user_id(ids), h, numeric, self.hour(slot), self.device(device)], 1)
         return F.normalize(self.user_mlp(x), dim=1, eps=1e-6)
 
+    def users_distinct(self, u, flat, starts, lengths, numeric, slot, device):
+        """users() with the id embedding and history bag computed once per
+        distinct user of the batch (--distinct)."""
+        ids, back = torch.unique(u, return_inverse=True)
+        bag_items, bag_offsets = bag(flat, starts, lengths, ids)
+        h = F.embedding_bag(bag_items, self.history.weight, bag_offsets, mode="mean")
+        fixed = torch.cat([self.user_id(ids), h], 1).index_select(0, back)
+        x = torch.cat([fixed, numeric, self.hour(slot), self.device(device)], 1)
+        return F.normalize(self.user_mlp(x), dim=1, eps=1e-6)
+
     def items(self, ids, genres, artists, popularity):
         x = torch.cat(
             [
@@ -134,6 +144,9 @@ def main():
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--distinct", action="store_true",
+                   help="the Encore step's formulation: towers once per distinct user and item, "
+                        "[B, U] logits with log-count columns, temperature and logQ fused into addmm")
     a, _ = p.parse_known_args()
     torch.set_num_threads(a.threads)
     users, items = pairs(a.rows, a.users, a.items)
@@ -159,14 +172,22 @@ def main():
         for start in range(0, a.rows, a.batch_size):
             idx = perm[start : start + a.batch_size]
             u, i = users.index_select(0, idx), items.index_select(0, idx)
-            bag_items, bag_offsets = bag(flat, starts, lengths, u)
             # Unknown context for every pair: hour slot 0, device 0.
             slot = torch.zeros(len(idx), dtype=torch.long)
             device = torch.zeros(len(idx), dtype=torch.long)
-            uv = model.users(u, bag_items, bag_offsets, numeric.index_select(0, u), slot, device)
-            iv = model.items(i, genres, artists, popularity)
-            logits = uv @ iv.t() / TEMPERATURE - log_q.index_select(0, i).unsqueeze(0)
-            loss = F.cross_entropy(logits, torch.arange(len(idx)))
+            if a.distinct:
+                uv = model.users_distinct(u, flat, starts, lengths, numeric.index_select(0, u), slot, device)
+                items_u, target, counts = torch.unique(i, return_inverse=True, return_counts=True)
+                iv = model.items(items_u, genres, artists, popularity)
+                bias = counts.float().log() - log_q.index_select(0, items_u)
+                logits = torch.addmm(bias.unsqueeze(0), uv / TEMPERATURE, iv.t())
+            else:
+                bag_items, bag_offsets = bag(flat, starts, lengths, u)
+                uv = model.users(u, bag_items, bag_offsets, numeric.index_select(0, u), slot, device)
+                iv = model.items(i, genres, artists, popularity)
+                logits = uv @ iv.t() / TEMPERATURE - log_q.index_select(0, i).unsqueeze(0)
+                target = torch.arange(len(idx))
+            loss = F.cross_entropy(logits, target)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -181,6 +202,7 @@ def main():
         "items": a.items,
         "batch_size": a.batch_size,
         "threads": a.threads,
+        "distinct": a.distinct,
         "samples_per_second": statistics.median_high(per_epoch[1:] or per_epoch),
         "per_epoch": per_epoch,
     }))

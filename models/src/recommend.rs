@@ -362,6 +362,88 @@ struct Towers {
     item_mlp: (nn::Linear, nn::Linear),
 }
 
+/// A batch's distinct ids in first-seen order, where each position's id
+/// sits among them, and how often each occurs.
+struct Distinct {
+    values: Vec<i64>,
+    positions: Vec<i64>,
+    counts: Vec<u32>,
+}
+
+impl Distinct {
+    fn of(ids: &[i64]) -> Self {
+        let mut at: HashMap<i64, i64> = HashMap::with_capacity(ids.len());
+        let (mut values, mut counts) = (Vec::new(), Vec::new());
+        let positions = ids
+            .iter()
+            .map(|&id| {
+                let p = *at.entry(id).or_insert_with(|| {
+                    values.push(id);
+                    counts.push(0);
+                    values.len() as i64 - 1
+                });
+                counts[p as usize] += 1;
+                p
+            })
+            .collect();
+        Self {
+            values,
+            positions,
+            counts,
+        }
+    }
+
+    fn values(&self, device: Device) -> Tensor {
+        Tensor::from_slice(&self.values).to_device(device)
+    }
+
+    fn positions(&self, device: Device) -> Tensor {
+        Tensor::from_slice(&self.positions).to_device(device)
+    }
+
+    fn log_counts(&self, device: Device) -> Tensor {
+        let logs: Vec<f32> = self.counts.iter().map(|&c| (c as f32).ln()).collect();
+        Tensor::from_slice(&logs).to_device(device)
+    }
+
+    /// Mean over positions of ln(count of the position's id).
+    fn mean_log_count_per_position(&self) -> f64 {
+        let total: f64 = self
+            .positions
+            .iter()
+            .map(|&p| f64::from(self.counts[p as usize]).ln())
+            .sum();
+        total / self.positions.len().max(1) as f64
+    }
+}
+
+/// The in-batch softmax loss with logQ correction: row `r` of the batch
+/// should pick its own item among every pair's item, each scored
+/// `u·v / temperature - log Q(item)`.
+///
+/// Computed with one column per *distinct* item plus the log of its count
+/// (a repeated column adds its exp once per copy), so the logits are
+/// `[B, U]` instead of `[B, B]`, the temperature is applied to the `[B, D]`
+/// user vectors and the logQ term is fused into the product. The value and
+/// the gradients are those of the one-column-per-pair loss: the distinct
+/// form only drops the per-row constant `ln(count of the row's item)`,
+/// added back here.
+fn in_batch_loss(
+    users: &Tensor,
+    items: &Tensor,
+    batch_items: &Distinct,
+    log_q: &Tensor,
+    temperature: f64,
+) -> Tensor {
+    let device = users.device();
+    let bias = batch_items.log_counts(device) - log_q.index_select(0, &batch_items.values(device));
+    let logits = bias
+        .unsqueeze(0)
+        .addmm(&(users / temperature), &items.transpose(0, 1));
+    logits.cross_entropy_for_logits(&batch_items.positions(device))
+        + batch_items.mean_log_count_per_position()
+}
+
 /// A batch's histories as an embedding bag: the items, and where each
 /// user's run starts.
 fn bag(histories: &[Vec<i64>], users: &[i64], device: Device) -> (Tensor, Tensor) {
@@ -835,15 +917,17 @@ pub fn train(
                 })
                 .collect();
             let u = Tensor::from_slice(&users).to_device(device);
-            let i = Tensor::from_slice(&items).to_device(device);
             let (slot, dev) = context_tensors(&contexts, device);
-            let fixed = towers.user_static(&u, &bag(&histories, &users, device));
+            // What depends on the user alone (id, history bag) and the item
+            // towers run once per distinct user and item of the batch.
+            let (bu, bi) = (Distinct::of(&users), Distinct::of(&items));
+            let (bu_ids, bi_ids) = (bu.values(device), bi.values(device));
+            let fixed = towers
+                .user_static(&bu_ids, &bag(&histories, &bu.values, device))
+                .index_select(0, &bu.positions(device));
             let uv = towers.users(&fixed, &numeric.index_select(0, &u), &slot, &dev);
-            let iv = towers.items(&i, &item_inputs);
-            let logits = uv.matmul(&iv.transpose(0, 1)) / cfg.temperature
-                - log_q.index_select(0, &i).unsqueeze(0);
-            let target = Tensor::arange(chunk.len() as i64, (Kind::Int64, device));
-            let loss = logits.cross_entropy_for_logits(&target);
+            let iv = towers.items(&bi_ids, &item_inputs);
+            let loss = in_batch_loss(&uv, &iv, &bi, &log_q, cfg.temperature);
             opt.backward_step(&loss);
             let value = loss.double_value(&[]);
             if !value.is_finite() {
@@ -944,6 +1028,53 @@ mod tests {
             ..Default::default()
         };
         (data, test)
+    }
+
+    #[test]
+    fn distinct_in_batch_loss_equals_one_column_per_pair() {
+        let _rng = crate::serial_rng();
+        tch::manual_seed(3);
+        let (dim, n_items, temperature) = (8, 6, 0.2);
+        // Repeats, a single occurrence, first-seen order not sorted.
+        let items: Vec<i64> = vec![4, 1, 4, 0, 1, 4, 5, 1];
+        let log_q = Tensor::rand([n_items], (Kind::Float, Device::Cpu)).log();
+        let grads = |distinct: bool| {
+            let u = Tensor::randn([items.len() as i64, dim], (Kind::Float, Device::Cpu))
+                .set_requires_grad(true);
+            let table =
+                Tensor::randn([n_items, dim], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+            let loss = if distinct {
+                let d = Distinct::of(&items);
+                let iv = table.index_select(0, &d.values(Device::Cpu));
+                in_batch_loss(&u, &iv, &d, &log_q, temperature)
+            } else {
+                let ids = Tensor::from_slice(&items);
+                let logits = u.matmul(&table.index_select(0, &ids).transpose(0, 1)) / temperature
+                    - log_q.index_select(0, &ids).unsqueeze(0);
+                logits.cross_entropy_for_logits(&Tensor::arange(
+                    items.len() as i64,
+                    (Kind::Int64, Device::Cpu),
+                ))
+            };
+            loss.backward();
+            (loss.double_value(&[]), u.grad(), table.grad())
+        };
+        tch::manual_seed(11);
+        let (plain, plain_u, plain_table) = grads(false);
+        tch::manual_seed(11);
+        let (distinct, distinct_u, distinct_table) = grads(true);
+        assert!((plain - distinct).abs() < 1e-5, "{plain} vs {distinct}");
+        assert!(plain_u.allclose(&distinct_u, 1e-5, 1e-6, false));
+        assert!(plain_table.allclose(&distinct_table, 1e-5, 1e-6, false));
+        // Items 2 and 3 are in no pair: no gradient reaches them.
+        assert_eq!(
+            plain_table.get(2).abs().sum(Kind::Float).double_value(&[]),
+            0.0
+        );
+        let d = Distinct::of(&items);
+        assert_eq!(d.values, [4, 1, 0, 5]);
+        assert_eq!(d.positions, [0, 1, 0, 2, 1, 0, 3, 1]);
+        assert_eq!(d.counts, [3, 3, 1, 1]);
     }
 
     #[test]
