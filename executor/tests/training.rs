@@ -124,6 +124,7 @@ async fn churn_job_trains_registers_and_serves() {
     )
     .unwrap();
     assert!(plays["std"].as_f64().unwrap() > 0.0, "{plays}");
+    assert_eq!(plays["transform"], "signed_log1p", "{plays}");
     assert!(manifest.prior["churn_7d"] <= manifest.prior["churn_30d"]);
     assert_eq!(manifest.extra["training_job_id"], "test-job");
     assert!(manifest.extra["metrics"]["auc_30d"].as_f64().is_some());

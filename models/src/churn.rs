@@ -1,7 +1,10 @@
 //! The churn model: a wide & deep network with one output per horizon.
 //!
-//! - Numeric features are standardised with a mean and standard deviation
-//!   fitted on the training rows (stored in the module and the manifest).
+//! - Numeric features are squashed with `sign(x)·ln(1 + |x|)` (counts,
+//!   seconds and money are heavy-tailed; the log keeps a few very active
+//!   users from stretching the scale) and then standardised with a mean and
+//!   standard deviation of the squashed values fitted on the training rows
+//!   (stored in the module and the manifest).
 //! - The wide part is a logistic layer over the standardised features plus
 //!   one learned weight per combination of each pair of categorical fields
 //!   (crossed features, e.g. lifecycle × value tier).
@@ -362,7 +365,7 @@ impl Net {
 
     /// Cumulative logits `[N, H]` (monotone in the horizon).
     fn logits(&self, numeric: &Tensor, categorical: &Tensor, train: bool) -> Tensor {
-        let z = (numeric - &self.mean) / &self.std;
+        let z = (squash(numeric) - &self.mean) / &self.std;
         let mut deep_in = vec![z.shallow_clone()];
         let mut wide = if self.numeric > 0 {
             self.wide.forward(&z)
@@ -411,9 +414,10 @@ pub struct TrainedChurn {
     net: Net,
     /// The input shape.
     pub schema: ChurnSchema,
-    /// Per numeric feature: training mean.
+    /// Per numeric feature: training mean of the [`squash`]ed values.
     pub mean: Vec<f32>,
-    /// Per numeric feature: training standard deviation (1 where constant).
+    /// Per numeric feature: training standard deviation of the squashed
+    /// values (1 where constant).
     pub std: Vec<f32>,
     /// Epoch reports, first to last.
     pub history: Vec<EpochReport>,
@@ -421,6 +425,15 @@ pub struct TrainedChurn {
     pub best_epoch: u32,
     /// The checkpointed epoch this run resumed after, if it resumed.
     pub resumed_after: Option<u32>,
+}
+
+/// `sign(x)·ln(1 + |x|)`: monotone, odd, about `x` near 0 and `ln x` for
+/// large `x`; applied to every numeric feature before standardising. On
+/// generated data (`encore eval synthetic --users 100000 --seed 42`) it
+/// took the out-of-fold 30-day AUC from 0.865 to 0.866 (gap to the oracle
+/// 0.021 to 0.019); CDNOW 0.770 to 0.771.
+pub fn squash(x: &Tensor) -> Tensor {
+    x.sign() * x.abs().log1p()
 }
 
 /// Per-column mean and standard deviation of `x` (`[N, F]`), std 1 where
@@ -486,7 +499,7 @@ pub fn train(
     expect(validation, "validation")?;
 
     tch::manual_seed(cfg.seed);
-    let (mean, std) = fit_standardiser(&train.numeric);
+    let (mean, std) = fit_standardiser(&squash(&train.numeric));
     let mean_v = Vec::<f32>::try_from(mean.flatten(0, -1))?;
     let std_v = Vec::<f32>::try_from(std.flatten(0, -1))?;
     let mut vs = nn::VarStore::new(device);
@@ -679,7 +692,8 @@ impl TrainedChurn {
         Ok(())
     }
 
-    /// The standardisation as a JSON-ready map: feature → (mean, std).
+    /// The standardisation as a JSON-ready map: feature → (mean, std) of
+    /// the [`squash`]ed values.
     pub fn standardisation(&self) -> BTreeMap<String, (f32, f32)> {
         self.schema
             .numeric
@@ -747,6 +761,23 @@ mod tests {
         let (p7, p30) = (p.select(1, 0), p.select(1, 1));
         assert!(bool::try_from(p7.le_tensor(&p30).all()).unwrap());
         assert!(model.best_epoch >= 1 && model.best_epoch as usize <= model.history.len());
+        // The stored standardisation is that of the squashed training values.
+        let squashed = squash(&train_rows.numeric);
+        let mean = Vec::<f32>::try_from(squashed.mean_dim(0, false, Kind::Float)).unwrap();
+        for (got, want) in model.mean.iter().zip(&mean) {
+            assert!((got - want).abs() < 1e-5, "{:?} vs {mean:?}", model.mean);
+        }
+    }
+
+    #[test]
+    fn squash_is_odd_monotone_and_logarithmic() {
+        let x = Tensor::from_slice(&[0.0f32, 1.0, -1.0, std::f32::consts::E - 1.0, 1e6]);
+        let y = Vec::<f32>::try_from(squash(&x)).unwrap();
+        let ln2 = std::f32::consts::LN_2;
+        let want = [0.0, ln2, -ln2, 1.0, (1e6f32 + 1.0).ln()];
+        for (g, w) in y.iter().zip(want) {
+            assert!((g - w).abs() < 1e-5, "{y:?}");
+        }
     }
 
     #[test]

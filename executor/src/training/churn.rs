@@ -397,6 +397,8 @@ fn manifest(
             if let Some((mean, std)) = standard.get(name) {
                 details.insert("mean".into(), serde_json::json!(mean));
                 details.insert("std".into(), serde_json::json!(std));
+                // mean and std are of sign(x)·ln(1 + |x|), as the module standardises.
+                details.insert("transform".into(), serde_json::json!("signed_log1p"));
             }
             let base = name.strip_suffix("_code").unwrap_or(name);
             if let Some(values) = vocab.get(base) {
