@@ -42,7 +42,9 @@ class WideDeep(nn.Module):
         self.register_buffer("std", torch.ones(numeric))
 
     def forward(self, numeric, categorical):
-        z = (numeric - self.mean) / self.std
+        # models/src/churn.rs squashes every numeric input, sign(x)·ln(1+|x|),
+        # before standardising.
+        z = (torch.sign(numeric) * torch.log1p(numeric.abs()) - self.mean) / self.std
         codes = [categorical[:, i].clamp(0, c - 1) for i, c in enumerate(self.cards)]
         wide = self.wide(z)
         for (i, j), cross in zip(self.pairs, self.crosses):
@@ -81,8 +83,9 @@ def main():
     x, c, y = rows(a.rows, a.numeric, cards)
     vx, vc, vy = rows(a.rows // 10, a.numeric, cards)
     model = WideDeep(a.numeric, cards, 3)
-    model.mean.copy_(x.mean(0))
-    std = x.std(0)
+    squashed = torch.sign(x) * torch.log1p(x.abs())
+    model.mean.copy_(squashed.mean(0))
+    std = squashed.std(0)
     model.std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     per_epoch = []
