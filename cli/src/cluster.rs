@@ -115,6 +115,23 @@ impl Target {
         }
     }
 
+    /// Encore's session settings for this target, then `user`'s (which win):
+    /// [`SESSION_DEFAULTS`], plus [`LOCAL_SESSION_DEFAULTS`] for an
+    /// in-process cluster.
+    pub fn conf(&self, user: &[(String, String)]) -> Vec<(String, String)> {
+        let local: &[(&str, &str)] = if self.local.is_some() {
+            &LOCAL_SESSION_DEFAULTS
+        } else {
+            &[]
+        };
+        SESSION_DEFAULTS
+            .iter()
+            .chain(local)
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .chain(user.iter().cloned())
+            .collect()
+    }
+
     /// Stops the in-process cluster, if one was started, and passes `result` on.
     pub async fn finish<T>(self, result: anyhow::Result<T>) -> anyhow::Result<T> {
         if let Some(local) = self.local {
@@ -126,6 +143,20 @@ impl Target {
         result
     }
 }
+
+/// Session settings every Encore session starts from (`--conf` overrides
+/// them): 32k-row batches, measured faster on the feature plans
+/// (benches/RESULTS.md, "Feature plans").
+pub const SESSION_DEFAULTS: [(&str, &str); 1] = [("datafusion.execution.batch_size", "32768")];
+
+/// Added for an in-process cluster: its shuffle files never cross a network,
+/// so they are not compressed (lz4 cost about a tenth of the feature plan's
+/// CPU), and 8 partitions per stage rather than Ballista's 16 (fewer tasks
+/// and files on a small machine).
+pub const LOCAL_SESSION_DEFAULTS: [(&str, &str); 2] = [
+    ("ballista.shuffle.compression.codec", "none"),
+    ("datafusion.execution.target_partitions", "8"),
+];
 
 /// One `--conf KEY=VALUE` session setting (DataFusion's `datafusion.*` or
 /// Ballista's `ballista.*` options, as in `SET key = value`).

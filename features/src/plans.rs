@@ -13,6 +13,10 @@ use datafusion::prelude::{DataFrame, SessionContext};
 
 use crate::error::{Error, Result};
 
+mod user_vector;
+
+use user_vector::{Families, user_vector_sql};
+
 /// Parameters shared by the plans.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlanParams {
@@ -100,60 +104,17 @@ pub const SESSION_GAP_SECS: u32 = 30 * 60;
 /// for each window w, plays, listening seconds, active days, sessions (runs
 /// of plays with gaps of at most [`SESSION_GAP_SECS`]), completion and skip
 /// rates; the last-7-days trend against the 21 days before; days since the
-/// last play. Plays are first summed per user and day, so every window is a
-/// cheap sum over at most `max(windows)` rows per user.
+/// last play. One row per user with a play in the longest window.
 pub fn user_activity_sql(p: &PlanParams) -> Result<String> {
     p.check()?;
-    let t = p.t();
-    let t_day = p.t_day();
-    let longest = p.windows.iter().max().copied().unwrap_or(90).max(28);
-    let mut columns = Vec::new();
-    for w in &p.windows {
-        let inside = format!("day_number >= {t_day} - {w}");
-        columns.push(format!(
-            "    sum(CASE WHEN {inside} THEN plays ELSE 0 END) AS plays_{w}d,
-    sum(CASE WHEN {inside} THEN secs ELSE 0 END) AS secs_{w}d,
-    count(CASE WHEN {inside} THEN 1 END) AS active_days_{w}d,
-    sum(CASE WHEN {inside} THEN sessions ELSE 0 END) AS sessions_{w}d,
-    CAST(sum(CASE WHEN {inside} THEN completed END) AS DOUBLE) / sum(CASE WHEN {inside} THEN plays END) AS completion_rate_{w}d,
-    CAST(sum(CASE WHEN {inside} THEN skipped END) AS DOUBLE) / sum(CASE WHEN {inside} THEN plays END) AS skip_rate_{w}d"
-        ));
-    }
-    Ok(format!(
-        "-- user activity features at {cutoff}; reads plays with T - {longest} days <= ts < T
-WITH before_t AS (
-    SELECT user_id, ts, played_secs,
-           CAST(floor(to_unixtime(ts) / 86400) AS BIGINT) AS day_number,
-           CASE WHEN played_secs >= 0.985 * item_secs THEN 1 ELSE 0 END AS completed,
-           CASE WHEN played_secs < 0.5 * item_secs THEN 1 ELSE 0 END AS skipped,
-           -- a play opens a session when the user's previous play is over {gap} s before it
-           CASE WHEN lag(ts) OVER (PARTITION BY user_id ORDER BY ts) >= ts - INTERVAL '{gap} seconds'
-                THEN 0 ELSE 1 END AS opens_session
-    FROM plays
-    WHERE ts < {t} AND ts >= {t} - INTERVAL '{longest} days'{consent}
-),
-daily AS (
-    SELECT user_id, day_number,
-           count(*) AS plays, sum(played_secs) AS secs,
-           sum(completed) AS completed, sum(skipped) AS skipped,
-           sum(opens_session) AS sessions, max(ts) AS last_ts
-    FROM before_t
-    GROUP BY user_id, day_number
-)
-SELECT
-    user_id,
-{columns},
-    -- plays per day in the last 7 days over plays per day in the 21 before
-    (sum(CASE WHEN day_number >= {t_day} - 7 THEN plays ELSE 0 END) / 7.0)
-      / ((sum(CASE WHEN day_number >= {t_day} - 28 AND day_number < {t_day} - 7 THEN plays ELSE 0 END) + 1.0) / 21.0)
-      AS trend_7d_vs_21d,
-    CAST(to_unixtime({t}) - to_unixtime(max(last_ts)) AS DOUBLE) / 86400.0 AS days_since_last_play
-FROM daily
-GROUP BY user_id",
-        cutoff = p.cutoff,
-        columns = columns.join(",\n"),
-        consent = p.consent("user_id"),
-        gap = SESSION_GAP_SECS,
+    Ok(user_vector_sql(
+        p,
+        Families {
+            activity: true,
+            habits: false,
+            engagement: false,
+        },
+        None,
     ))
 }
 
@@ -185,35 +146,23 @@ impl Inputs {
 
 /// The full user feature vector at T, one row per user who played in the
 /// longest window: activity, habits, and (when `inputs` has their tables)
-/// engagement with early warnings and the payment profile with lifecycle,
-/// joined on `user_id` (left joins: a user with no interactions or payments
-/// has nulls there).
+/// engagement with early warnings and the payment profile with lifecycle.
+/// Each family's columns are those of its own plan, null for a user the
+/// family has no row for (no plays in its days, no payments), as a left
+/// join on `user_id` would give; one pass over `plays` computes them all.
 pub fn user_features_sql(p: &PlanParams, inputs: Inputs) -> Result<String> {
-    let mut parts = vec![("habits", user_habits_sql(p)?)];
-    if inputs.interactions {
-        parts.push(("engagement", user_engagement_sql(p)?));
-    }
-    if inputs.payments {
-        parts.push(("profile", user_profile_sql(p)?));
-    }
-    let columns: Vec<String> = parts
-        .iter()
-        .map(|(name, _)| format!("{name}.* EXCLUDE (user_id)"))
-        .collect();
-    let joins: Vec<String> = parts
-        .iter()
-        .map(|(name, sql)| format!("LEFT JOIN ({sql}) {name} ON activity.user_id = {name}.user_id"))
-        .collect();
-    Ok(format!(
-        "-- the full user feature vector at {cutoff}
-SELECT activity.*, {columns}
-FROM ({activity}) activity
-{joins}",
-        cutoff = p.cutoff,
-        columns = columns.join(", "),
-        activity = user_activity_sql(p)?,
-        joins = joins.join("\n"),
-    ))
+    p.check()?;
+    let profile = if inputs.payments {
+        Some(user_profile_sql(p)?)
+    } else {
+        None
+    };
+    let families = Families {
+        activity: true,
+        habits: true,
+        engagement: inputs.interactions,
+    };
+    Ok(user_vector_sql(p, families, profile))
 }
 
 /// Churn labels: for users with a play in the `lookback_days` before T,
@@ -331,71 +280,18 @@ WHERE u.registered_at < {t}{consent}",
 /// from recommendation, search and playlists; the longest run of days
 /// without a play; and three warnings — listening time down by half or more
 /// against the previous 30 days, 3+ consecutive days without a play, a
-/// complaint in the last 30 days.
+/// complaint in the last 30 days. One row per user with a play in the 60
+/// days before T.
 pub fn user_engagement_sql(p: &PlanParams) -> Result<String> {
     p.check()?;
-    let t = p.t();
-    Ok(format!(
-        "-- user engagement and early warnings at {cutoff}; reads plays and interactions with T - 60 days <= ts < T
-WITH recent_plays AS (
-    SELECT user_id, ts, played_secs, source,
-           CAST(floor(to_unixtime(ts) / 86400) AS BIGINT) AS day_number
-    FROM plays
-    WHERE ts < {t} AND ts >= {t} - INTERVAL '60 days'{consent}
-),
-listening AS (
-    SELECT user_id,
-           avg(CASE WHEN ts >= {t} - INTERVAL '30 days' THEN CAST(source = 'recommendation' AS DOUBLE) END) AS share_recommendation_30d,
-           avg(CASE WHEN ts >= {t} - INTERVAL '30 days' THEN CAST(source = 'search' AS DOUBLE) END) AS share_search_30d,
-           avg(CASE WHEN ts >= {t} - INTERVAL '30 days' THEN CAST(source = 'playlist' AS DOUBLE) END) AS share_playlist_30d,
-           sum(CASE WHEN ts >= {t} - INTERVAL '30 days' THEN played_secs ELSE 0 END) AS secs_last_30d,
-           sum(CASE WHEN ts < {t} - INTERVAL '30 days' THEN played_secs ELSE 0 END) AS secs_previous_30d
-    FROM recent_plays
-    GROUP BY user_id
-),
-active_days AS (
-    SELECT DISTINCT user_id, day_number FROM recent_plays WHERE ts >= {t} - INTERVAL '30 days'
-),
-gaps AS (
-    SELECT user_id, day_number,
-           day_number - lag(day_number) OVER (PARTITION BY user_id ORDER BY day_number) - 1 AS gap
-    FROM active_days
-),
-streaks AS (
-    -- inactive days between plays, before the first play of the window, and since the last one
-    SELECT user_id,
-           greatest(coalesce(max(gap), 0),
-                    min(day_number) - ({t_day} - 30),
-                    {t_day} - 1 - max(day_number)) AS longest_inactive_streak_30d
-    FROM gaps
-    GROUP BY user_id
-),
-actions AS (
-    SELECT user_id,
-           sum(CASE WHEN kind = 'favorite' THEN 1 ELSE 0 END) AS favorites_30d,
-           sum(CASE WHEN kind = 'comment' THEN 1 ELSE 0 END) AS comments_30d,
-           sum(CASE WHEN kind = 'playlist_create' THEN 1 ELSE 0 END) AS playlist_creates_30d,
-           sum(CASE WHEN kind = 'complaint' THEN 1 ELSE 0 END) AS complaints_30d
-    FROM interactions
-    WHERE ts < {t} AND ts >= {t} - INTERVAL '30 days'
-    GROUP BY user_id
-)
-SELECT l.user_id,
-       coalesce(a.favorites_30d, 0) AS favorites_30d,
-       coalesce(a.comments_30d, 0) AS comments_30d,
-       coalesce(a.playlist_creates_30d, 0) AS playlist_creates_30d,
-       coalesce(a.complaints_30d, 0) AS complaints_30d,
-       l.share_recommendation_30d, l.share_search_30d, l.share_playlist_30d,
-       coalesce(s.longest_inactive_streak_30d, 30) AS longest_inactive_streak_30d,
-       (l.secs_previous_30d > 0 AND l.secs_last_30d <= 0.5 * l.secs_previous_30d) AS warn_listening_halved,
-       (coalesce(s.longest_inactive_streak_30d, 30) >= 3) AS warn_3_days_inactive,
-       (coalesce(a.complaints_30d, 0) > 0) AS warn_complaint_30d
-FROM listening l
-LEFT JOIN streaks s ON l.user_id = s.user_id
-LEFT JOIN actions a ON l.user_id = a.user_id",
-        cutoff = p.cutoff,
-        t_day = p.t_day(),
-        consent = p.consent("user_id"),
+    Ok(user_vector_sql(
+        p,
+        Families {
+            activity: false,
+            habits: false,
+            engagement: true,
+        },
+        None,
     ))
 }
 
@@ -468,52 +364,17 @@ pub async fn segments(ctx: &SessionContext, p: &PlanParams) -> Result<DataFrame>
 /// entropy (bits) of plays over five time slots (night 0–5 h, commute 6–9,
 /// day 10–16, evening 17–20, late 21–23 UTC), the share in the user's most
 /// used slot, the share on their most used device and in their most
-/// frequent region.
+/// frequent region. One row per user with a play in those 30 days.
 pub fn user_habits_sql(p: &PlanParams) -> Result<String> {
     p.check()?;
-    let t = p.t();
-    let share = |column: &str, name: &str| {
-        format!(
-            "{name} AS (
-    SELECT user_id, CAST(max(n) AS DOUBLE) / sum(n) AS top_share
-    FROM (SELECT user_id, {column}, count(*) AS n FROM recent GROUP BY user_id, {column})
-    GROUP BY user_id
-)"
-        )
-    };
-    Ok(format!(
-        "-- user habits at {cutoff}; reads plays with T - 30 days <= ts < T
-WITH recent AS (
-    SELECT user_id, device, coalesce(region, '') AS region,
-           CASE WHEN extract(hour FROM ts) < 6 THEN 'night'
-                WHEN extract(hour FROM ts) < 10 THEN 'commute'
-                WHEN extract(hour FROM ts) < 17 THEN 'day'
-                WHEN extract(hour FROM ts) < 21 THEN 'evening'
-                ELSE 'late' END AS slot
-    FROM plays
-    WHERE ts < {t} AND ts >= {t} - INTERVAL '30 days'{consent}
-),
-slot_counts AS (
-    SELECT user_id, slot, CAST(count(*) AS DOUBLE) AS n FROM recent GROUP BY user_id, slot
-),
-slots AS (
-    SELECT user_id,
-           -sum((n / total) * log2(n / total)) AS slot_entropy_30d,
-           max(n) / max(total) AS top_slot_share_30d
-    FROM (SELECT user_id, n, sum(n) OVER (PARTITION BY user_id) AS total FROM slot_counts)
-    GROUP BY user_id
-),
-{devices},
-{regions}
-SELECT s.user_id, s.slot_entropy_30d, s.top_slot_share_30d,
-       d.top_share AS device_consistency_30d, r.top_share AS region_stability_30d
-FROM slots s
-JOIN devices d ON s.user_id = d.user_id
-JOIN regions r ON s.user_id = r.user_id",
-        cutoff = p.cutoff,
-        consent = p.consent("user_id"),
-        devices = share("device", "devices"),
-        regions = share("region", "regions"),
+    Ok(user_vector_sql(
+        p,
+        Families {
+            activity: false,
+            habits: true,
+            engagement: false,
+        },
+        None,
     ))
 }
 

@@ -111,12 +111,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create --out {}", args.out.display()))?;
     let target =
         cluster::Target::start(args.scheduler.as_deref(), 0, args.memory_pool_size).await?;
-    let result = compute(&args, &params, &target.url).await;
+    let conf = target.conf(&args.conf);
+    let result = compute(&args, &params, &target.url, &conf).await;
     target.finish(result).await
 }
 
-async fn compute(args: &Args, params: &PlanParams, url: &str) -> anyhow::Result<()> {
-    let ctx = cluster::connect(url, &args.conf).await?;
+async fn compute(
+    args: &Args,
+    params: &PlanParams,
+    url: &str,
+    conf: &[(String, String)],
+) -> anyhow::Result<()> {
+    let ctx = cluster::connect(url, conf).await?;
     tables::register(
         &ctx,
         &TableSource {

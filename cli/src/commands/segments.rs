@@ -36,12 +36,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let target = cluster::Target::start(args.scheduler.as_deref(), 0, None).await?;
-    let result = print(&args, &target.url).await;
+    let conf = target.conf(&[]);
+    let result = print(&args, &target.url, &conf).await;
     target.finish(result).await
 }
 
-async fn print(args: &Args, url: &str) -> anyhow::Result<()> {
-    let ctx = cluster::connect(url, &[]).await?;
+async fn print(args: &Args, url: &str, conf: &[(String, String)]) -> anyhow::Result<()> {
+    let ctx = cluster::connect(url, conf).await?;
     for table in ["users", "plays", "payments"] {
         tables::register(
             &ctx,

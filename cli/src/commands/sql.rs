@@ -56,12 +56,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.memory_pool_size,
     )
     .await?;
-    let result = query(&args, &target.url).await;
+    let conf = target.conf(&args.conf);
+    let result = query(&args, &target.url, &conf).await;
     target.finish(result).await
 }
 
-async fn query(args: &Args, url: &str) -> anyhow::Result<()> {
-    let ctx = cluster::connect(url, &args.conf).await?;
+async fn query(args: &Args, url: &str, conf: &[(String, String)]) -> anyhow::Result<()> {
+    let ctx = cluster::connect(url, conf).await?;
     for table in &args.tables {
         tables::register(&ctx, table).await?;
     }

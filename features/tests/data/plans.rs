@@ -772,3 +772,226 @@ async fn subscription_churn_follows_the_kkbox_rule() {
     assert_eq!(rows["4"]["sub_churn"], "true");
     assert!(!rows.contains_key("3"));
 }
+
+/// A small deterministic generator for the brute-force test.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+#[tokio::test]
+async fn sessions_active_days_and_streaks_match_a_brute_force_count() {
+    // Plays whose gaps sit on the session gap (1799, 1800, 1801 s), straddle
+    // half-hour buckets and midnight, repeat a timestamp, and reach back past
+    // the longest window: the plans sum per half-hour bucket before ordering,
+    // and must count exactly what sorting every play would.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let t = NaiveDate::from_ymd_opt(2026, 4, 1).unwrap();
+    let t_secs = t.and_hms_opt(0, 0, 0).unwrap().and_utc().timestamp();
+    let gaps = [
+        0, 1, 600, 1799, 1800, 1801, 3599, 3600, 7200, 20_000, 86_400, 400_000,
+    ];
+    let mut rng = Lcg(7);
+    let mut plays: Vec<(u64, i64)> = Vec::new();
+    let mut csv = String::from("user_id,item_id,ts,played_secs,item_secs,source,device\n");
+    for user in 1..=40u64 {
+        // Start 20..100 days before T, some just before midnight.
+        let mut ts = t_secs - (20 + rng.below(80) as i64) * 86_400 - rng.below(4000) as i64;
+        while ts < t_secs + 86_400 {
+            plays.push((user, ts));
+            let at = chrono::DateTime::from_timestamp(ts, 0).unwrap();
+            csv.push_str(&format!(
+                "{user},1,{},100,200,search,mobile\n",
+                at.format("%Y-%m-%dT%H:%M:%SZ")
+            ));
+            ts += gaps[rng.below(gaps.len() as u64) as usize];
+        }
+    }
+    std::fs::write(dir.path().join("plays.csv"), csv).unwrap();
+    ingest("plays", &dir.path().join("plays.csv"), &data)
+        .await
+        .unwrap();
+    // The engagement plan also reads interactions (none in its window here).
+    std::fs::write(
+        dir.path().join("interactions.csv"),
+        "user_id,item_id,ts,kind\n1,1,2020-01-01T00:00:00Z,favorite\n",
+    )
+    .unwrap();
+    ingest("interactions", &dir.path().join("interactions.csv"), &data)
+        .await
+        .unwrap();
+    let ctx = SessionContext::new();
+    for table in ["plays", "interactions"] {
+        register(
+            &ctx,
+            &TableSource {
+                name: table.into(),
+                path: data.join(table),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let p = PlanParams {
+        include_unconsented: true,
+        ..PlanParams::at(t)
+    };
+    let activity = rows_by(user_activity(&ctx, &p).await.unwrap(), "user_id").await;
+    let engagement = rows_by(
+        encore_features::plans::user_engagement(&ctx, &p)
+            .await
+            .unwrap(),
+        "user_id",
+    )
+    .await;
+
+    let t_day = t_secs.div_euclid(86_400);
+    let mut checked_sessions = 0;
+    for user in 1..=40u64 {
+        // Brute force: this user's plays in the 90 days before T, sorted.
+        let mut ts: Vec<i64> = plays
+            .iter()
+            .filter(|(u, s)| *u == user && *s < t_secs && *s >= t_secs - 90 * 86_400)
+            .map(|(_, s)| *s)
+            .collect();
+        ts.sort();
+        let key = user.to_string();
+        if ts.is_empty() {
+            assert!(!activity.contains_key(&key), "user {user}");
+            continue;
+        }
+        for w in [7i64, 14, 30, 90] {
+            let inside = |s: i64| s.div_euclid(86_400) >= t_day - w;
+            let sessions = (0..ts.len())
+                .filter(|&i| inside(ts[i]) && (i == 0 || ts[i - 1] < ts[i] - 1800))
+                .count();
+            let mut days: Vec<i64> = ts
+                .iter()
+                .filter(|s| inside(**s))
+                .map(|s| s.div_euclid(86_400))
+                .collect();
+            days.dedup();
+            let got = |c: &str| activity[&key][&format!("{c}_{w}d")].clone();
+            assert_eq!(
+                got("sessions"),
+                sessions.to_string(),
+                "user {user}, {w} days"
+            );
+            assert_eq!(
+                got("active_days"),
+                days.len().to_string(),
+                "user {user}, {w} days"
+            );
+            assert_eq!(
+                got("plays"),
+                ts.iter().filter(|s| inside(**s)).count().to_string(),
+                "user {user}, {w} days"
+            );
+            checked_sessions += sessions;
+        }
+        // The longest run of days without a play in the 30 days before T.
+        let active: std::collections::BTreeSet<i64> = ts
+            .iter()
+            .map(|s| s.div_euclid(86_400))
+            .filter(|d| *d >= t_day - 30)
+            .collect();
+        let (mut longest, mut run) = (0, 0);
+        for day in t_day - 30..t_day {
+            run = if active.contains(&day) { 0 } else { run + 1 };
+            longest = longest.max(run);
+        }
+        if ts.iter().any(|s| *s >= t_secs - 60 * 86_400) {
+            assert_eq!(
+                engagement[&key]["longest_inactive_streak_30d"],
+                longest.to_string(),
+                "user {user}"
+            );
+        } else {
+            assert!(!engagement.contains_key(&key), "user {user}");
+        }
+    }
+    assert!(
+        checked_sessions > 200,
+        "{checked_sessions} sessions checked"
+    );
+}
+
+#[tokio::test]
+async fn the_user_feature_vector_equals_its_families_left_joined() {
+    // One pass computes every family; the result must be each family's own
+    // plan left-joined on user_id, nulls included (users whose last play is
+    // over 60 days before T have activity but no engagement row).
+    let dir = tempfile::tempdir().unwrap();
+    let spec = DataSpec {
+        users: 400,
+        items: 300,
+        days: 120,
+        seed: 11,
+        ..Default::default()
+    };
+    generate(&spec, dir.path(), |_, _| {}).unwrap();
+    let ctx = SessionContext::new();
+    for table in ["plays", "users", "interactions", "payments"] {
+        register(
+            &ctx,
+            &TableSource {
+                name: table.into(),
+                path: dir.path().join(table),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let p = PlanParams::at(NaiveDate::from_ymd_opt(2026, 4, 30).unwrap());
+    use encore_features::plans;
+    let joined = format!(
+        "SELECT a.*, h.* EXCLUDE (user_id), e.* EXCLUDE (user_id), pr.* EXCLUDE (user_id)
+         FROM ({}) a
+         LEFT JOIN ({}) h ON a.user_id = h.user_id
+         LEFT JOIN ({}) e ON a.user_id = e.user_id
+         LEFT JOIN ({}) pr ON a.user_id = pr.user_id",
+        plans::user_activity_sql(&p).unwrap(),
+        plans::user_habits_sql(&p).unwrap(),
+        plans::user_engagement_sql(&p).unwrap(),
+        plans::user_profile_sql(&p).unwrap(),
+    );
+    let expected = rows_by(ctx.sql(&joined).await.unwrap(), "user_id").await;
+    let fused = ctx
+        .sql(&plans::user_features_sql(&p, plans::Inputs::ALL).unwrap())
+        .await
+        .unwrap();
+    let columns: Vec<String> = fused
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let got = rows_by(fused, "user_id").await;
+    assert_eq!(got.len(), expected.len());
+    assert!(got.len() > 200, "{} users", got.len());
+    let mut without_engagement = 0;
+    for (user, row) in &expected {
+        assert_eq!(row.len(), columns.len(), "same columns");
+        for column in &columns {
+            let (a, b) = (&got[user][column], &row[column]);
+            let close = match (a.parse::<f64>(), b.parse::<f64>()) {
+                (Ok(x), Ok(y)) => (x - y).abs() <= 1e-9 * x.abs().max(1.0),
+                _ => a == b,
+            };
+            assert!(close, "user {user}, {column}: {a} vs {b}");
+        }
+        without_engagement += usize::from(row["favorites_30d"].is_empty());
+    }
+    assert!(
+        without_engagement > 0,
+        "some users have no plays in the last 60 days"
+    );
+}
