@@ -142,6 +142,23 @@ async fn features_and_labels_on_hand_made_plays() {
     assert!(!labels.contains_key("4"), "user 4 did not consent");
 }
 
+/// A context with `tables` registered from the folders of the same names in `data`.
+async fn context(data: &Path, tables: &[&str]) -> SessionContext {
+    let ctx = SessionContext::new();
+    for table in tables {
+        register(
+            &ctx,
+            &TableSource {
+                name: (*table).into(),
+                path: data.join(table),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    ctx
+}
+
 /// A plan's rows sorted by `key`, as key → column → cell.
 async fn rows_by(
     df: datafusion::prelude::DataFrame,
@@ -265,18 +282,7 @@ async fn profile_lifecycle_and_payments_on_hand_made_rows() {
     )
     .unwrap();
     ingest("payments", &payments, &data).await.unwrap();
-    let ctx = SessionContext::new();
-    for table in ["users", "payments"] {
-        register(
-            &ctx,
-            &TableSource {
-                name: table.into(),
-                path: data.join(table),
-            },
-        )
-        .await
-        .unwrap();
-    }
+    let ctx = context(&data, &["users", "payments"]).await;
     let p = PlanParams::at(NaiveDate::from_ymd_opt(2026, 3, 1).unwrap());
     let rows = rows_by(
         encore_features::plans::user_profile(&ctx, &p)
@@ -333,18 +339,7 @@ async fn engagement_and_early_warnings_on_hand_made_rows() {
     ingest("interactions", &dir.path().join("interactions.csv"), &data)
         .await
         .unwrap();
-    let ctx = SessionContext::new();
-    for table in ["plays", "interactions"] {
-        register(
-            &ctx,
-            &TableSource {
-                name: table.into(),
-                path: data.join(table),
-            },
-        )
-        .await
-        .unwrap();
-    }
+    let ctx = context(&data, &["plays", "interactions"]).await;
     let p = PlanParams {
         include_unconsented: true,
         ..PlanParams::at(NaiveDate::from_ymd_opt(2026, 3, 1).unwrap())
@@ -427,18 +422,7 @@ async fn segments_give_lifecycle_and_rfm_value_tiers() {
     ingest("payments", &dir.path().join("payments.csv"), &data)
         .await
         .unwrap();
-    let ctx = SessionContext::new();
-    for table in ["users", "plays", "payments"] {
-        register(
-            &ctx,
-            &TableSource {
-                name: table.into(),
-                path: data.join(table),
-            },
-        )
-        .await
-        .unwrap();
-    }
+    let ctx = context(&data, &["users", "plays", "payments"]).await;
     let p = PlanParams::at(NaiveDate::from_ymd_opt(2026, 3, 1).unwrap());
     let rows = rows_by(
         encore_features::plans::segments(&ctx, &p).await.unwrap(),
@@ -547,18 +531,7 @@ async fn item_features_on_hand_made_rows() {
     ingest("interactions", &dir.path().join("interactions.csv"), &data)
         .await
         .unwrap();
-    let ctx = SessionContext::new();
-    for table in ["items", "plays", "interactions"] {
-        register(
-            &ctx,
-            &TableSource {
-                name: table.into(),
-                path: data.join(table),
-            },
-        )
-        .await
-        .unwrap();
-    }
+    let ctx = context(&data, &["items", "plays", "interactions"]).await;
     let p = PlanParams::at(NaiveDate::from_ymd_opt(2026, 3, 1).unwrap());
     let rows = rows_by(
         encore_features::plans::item_features(&ctx, &p)
@@ -828,18 +801,7 @@ async fn sessions_active_days_and_streaks_match_a_brute_force_count() {
     ingest("interactions", &dir.path().join("interactions.csv"), &data)
         .await
         .unwrap();
-    let ctx = SessionContext::new();
-    for table in ["plays", "interactions"] {
-        register(
-            &ctx,
-            &TableSource {
-                name: table.into(),
-                path: data.join(table),
-            },
-        )
-        .await
-        .unwrap();
-    }
+    let ctx = context(&data, &["plays", "interactions"]).await;
     let p = PlanParams {
         include_unconsented: true,
         ..PlanParams::at(t)
@@ -938,18 +900,7 @@ async fn the_user_feature_vector_equals_its_families_left_joined() {
         ..Default::default()
     };
     generate(&spec, dir.path(), |_, _| {}).unwrap();
-    let ctx = SessionContext::new();
-    for table in ["plays", "users", "interactions", "payments"] {
-        register(
-            &ctx,
-            &TableSource {
-                name: table.into(),
-                path: dir.path().join(table),
-            },
-        )
-        .await
-        .unwrap();
-    }
+    let ctx = context(dir.path(), &["plays", "users", "interactions", "payments"]).await;
     let p = PlanParams::at(NaiveDate::from_ymd_opt(2026, 4, 30).unwrap());
     use encore_features::plans;
     let joined = format!(
