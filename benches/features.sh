@@ -53,8 +53,10 @@ TABLES=()
 for t in plays users interactions payments; do TABLES+=(--table "$t=$DATA/$t"); done
 PLAYS=$("$BIN/encore" sql "${TABLES[@]}" "SELECT count(*) AS n FROM plays" | grep -Eo '[0-9]{4,}' | head -1)
 echo "bench: $PLAYS plays, cutoff $CUTOFF" >&2
-# Same start for everyone: the files in the page cache.
-cat "$DATA"/*/*.parquet "$DATA"/plays/*/*.parquet >/dev/null
+# Same start for everyone: the files in the page cache, read again before
+# each run (this VM's kernel reclaims idle page cache within a minute or two:
+# an unwarmed run spent seconds reading Parquet from disk).
+warm() { cat "$DATA"/*/*.parquet "$DATA"/plays/*/*.parquet >/dev/null; }
 
 mkdir -p benches/results
 OUT=benches/results/features-$(date -u +%Y%m%dT%H%M%SZ).jsonl
@@ -62,6 +64,7 @@ echo "{\"machine\": \"$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GB", $2/10
 MEASURE="python benches/peers/measure.py"
 
 echo "bench: encore standalone" >&2
+warm
 $MEASURE encore-standalone -- "$BIN/encore" sql --standalone "${TABLES[@]}" "${CONF[@]}" \
     --out "$WORK/standalone.parquet" -- "$(cat "$WORK/plan.sql")" | tee -a "$OUT"
 
@@ -86,6 +89,7 @@ cluster() {
         sleep 0.1
     done
     echo "bench: encore cluster, $n executor(s) x $slots slot(s)" >&2
+    warm
     $MEASURE "encore-cluster-${n}x${slots}" --pids "$pids" -- "$BIN/encore" sql --scheduler "df://$addr" \
         "${TABLES[@]}" "${CONF[@]}" --out "$WORK/cluster-$n.parquet" -- "$(cat "$WORK/plan.sql")" | tee -a "$OUT"
     kill ${pids//,/ } 2>/dev/null || true
@@ -96,6 +100,7 @@ cluster 2 1
 
 echo "bench: duckdb" >&2
 # Timed without --check: the comparison below is not DuckDB's work.
+warm
 $MEASURE duckdb-process -- python benches/peers/duckdb_features.py --data "$DATA" --sql "$WORK/plan.sql" \
     --out "$WORK/duckdb.parquet" --threads "$(nproc)" --result "$WORK/duckdb.json" | tee -a "$OUT"
 cat "$WORK/duckdb.json" >>"$OUT"

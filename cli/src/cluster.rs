@@ -144,10 +144,7 @@ impl Target {
     }
 }
 
-/// Session settings every Encore session starts from (`--conf` overrides
-/// them): 32k-row batches, measured faster on the feature plans
-/// (benches/RESULTS.md, "Feature plans").
-pub const SESSION_DEFAULTS: [(&str, &str); 1] = [("datafusion.execution.batch_size", "32768")];
+pub use encore_features::plans::SESSION_DEFAULTS;
 
 /// Added for an in-process cluster: its shuffle files never cross a network,
 /// so they are not compressed (lz4 cost about a tenth of the feature plan's

@@ -9,6 +9,12 @@ mod output;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of glibc malloc: hash aggregations and shuffle buffers
+/// allocate and free large blocks all the time, which glibc hands back to
+/// the kernel (page faults, zeroed pages) and mimalloc reuses.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Encore: compute and model serving for music-streaming data teams.
 #[derive(Parser, Debug)]
 #[command(name = "encore", version, propagate_version = true)]

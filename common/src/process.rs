@@ -7,10 +7,16 @@ pub fn init_logging(default_level: &str) {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default_level.into()),
+                .unwrap_or_else(|_| format!("{default_level},{QUIET}").into()),
         )
         .init();
 }
+
+/// Warnings that are not news in Encore, kept out of the default log:
+/// a Ballista task runs one file group of a scan whose day-grouped files
+/// declared one partition per group (`preserve_file_partitions`), and
+/// DataFusion warns once per task that the task's scan has fewer groups.
+const QUIET: &str = "datafusion_datasource::file_scan_config=error";
 
 /// A multi-threaded tokio runtime with room for Ballista's deeply recursive planner.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {

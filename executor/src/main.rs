@@ -9,6 +9,10 @@ use clap::Parser;
 use encore_common::process;
 use encore_executor::{ExecutorConfig, SchedulingPolicy, start_executor};
 
+/// mimalloc, as in the `encore` binary (see cli/src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Encore executor: an Apache Ballista executor with task metrics and health probes.
 ///
 /// Registers with the scheduler, runs query stage tasks in its task slots

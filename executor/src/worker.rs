@@ -251,8 +251,10 @@ async fn training_session(scheduler: &str) -> datafusion::error::Result<SessionC
     use ballista::prelude::SessionConfigExt;
     use datafusion::execution::SessionStateBuilder;
     use datafusion::prelude::SessionConfig;
-    let config =
-        SessionConfig::new_with_ballista().set_bool("ballista.planner.adaptive.enabled", false);
+    let config = encore_features::plans::SESSION_DEFAULTS.iter().fold(
+        SessionConfig::new_with_ballista().set_bool("ballista.planner.adaptive.enabled", false),
+        |config, (key, value)| config.set_str(key, value),
+    );
     let state = SessionStateBuilder::new()
         .with_config(config)
         .with_default_features()

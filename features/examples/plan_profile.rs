@@ -1,5 +1,5 @@
 //! Runs one feature plan on a plain in-process DataFusion context (no
-//! Ballista) and prints its wall time, or its `EXPLAIN ANALYZE` metrics: the
+//! Ballista; Encore's session defaults) and prints its wall time, or its `EXPLAIN ANALYZE` metrics: the
 //! quickest way to see where a plan spends its time, without the CLI's
 //! libtorch build.
 //!
@@ -96,8 +96,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
-    let ctx =
-        SessionContext::new_with_config(SessionConfig::new().with_target_partitions(partitions));
+    // Encore's session settings, as every Encore session has them.
+    let config = encore_features::plans::SESSION_DEFAULTS.iter().fold(
+        SessionConfig::new().with_target_partitions(partitions),
+        |config, (key, value)| config.set_str(key, value),
+    );
+    let ctx = SessionContext::new_with_config(config);
     for name in ["users", "items", "plays", "interactions", "payments"] {
         let path = data.join(name);
         if path.is_dir() {

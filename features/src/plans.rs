@@ -17,6 +17,21 @@ mod user_vector;
 
 use user_vector::{Families, user_vector_sql};
 
+/// Session settings the plans are tuned for; every Encore session (the
+/// CLI's, the training worker's) starts from them and `--conf` overrides
+/// them (measurements: benches/RESULTS.md, "Feature plans"):
+/// - 32k-row batches;
+/// - a scan of a Hive-partitioned table (`plays/day=...`) keeps each day's
+///   files together (days dealt round-robin over the scan's partitions), so
+///   an aggregation grouped by `day` (the user vector's per-bucket sums)
+///   needs no shuffle. DataFusion does so when that makes at least this
+///   many partitions (2): a table of one day is split by byte ranges as
+///   usual, one of 3 days is read by 3 partitions, not `target_partitions`.
+pub const SESSION_DEFAULTS: [(&str, &str); 2] = [
+    ("datafusion.execution.batch_size", "32768"),
+    ("datafusion.optimizer.preserve_file_partitions", "2"),
+];
+
 /// Parameters shared by the plans.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlanParams {

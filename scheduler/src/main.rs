@@ -9,6 +9,10 @@ use clap::Parser;
 use encore_common::process;
 use encore_scheduler::{SchedulerConfig, SchedulingPolicy, TaskDistribution, start_scheduler};
 
+/// mimalloc, as in the `encore` binary (see cli/src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Encore scheduler: an Apache Ballista scheduler with Prometheus metrics and health probes.
 ///
 /// gRPC (Ballista SchedulerGrpc, Arrow Flight proxy) and HTTP (/metrics,

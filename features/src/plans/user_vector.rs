@@ -2,7 +2,12 @@
 //! engagement — in one pass, whichever of them a plan asks for.
 //!
 //! Plays are first summed per user and half-hour *bucket* (a hash
-//! aggregation, no sort). A listening session opens at a play whose previous
+//! aggregation, no sort). The grouping also names the `day` partition of
+//! `plays`: a bucket lies within one UTC day and `day` is the UTC date of
+//! `ts` (ingest writes each play there; `encore clean` drops any that is
+//! not), so no group changes, but a scan whose files are grouped by day
+//! (`datafusion.optimizer.preserve_file_partitions`) then already holds
+//! whole groups and the aggregation needs no shuffle of its own. A listening session opens at a play whose previous
 //! play is more than [`SESSION_GAP_SECS`] before it; two plays in one bucket
 //! are less than that apart, so only the first play of a bucket can open a
 //! session, and it does unless the user's previous bucket ended within the
@@ -248,10 +253,12 @@ place_shares AS (
     // Only the activity family counts sessions, over its own days.
     let opens_session = if activity_days < span {
         format!(
-            "previous_ts >= first_ts - INTERVAL '{SESSION_GAP_SECS} seconds' AND previous_ts >= {t} - INTERVAL '{activity_days} days'"
+            "first_ts - previous_ts <= INTERVAL '{SESSION_GAP_SECS} seconds' AND previous_ts >= {t} - INTERVAL '{activity_days} days'"
         )
     } else {
-        format!("previous_ts >= first_ts - INTERVAL '{SESSION_GAP_SECS} seconds'")
+        // (`first_ts - previous_ts`, not `previous_ts >= first_ts - ...`:
+        // interval arithmetic on a zoned timestamp looks up the zone per row)
+        format!("first_ts - previous_ts <= INTERVAL '{SESSION_GAP_SECS} seconds'")
     };
     let having = played_within(base)
         .map(|cond| {
@@ -278,10 +285,10 @@ WITH buckets AS (
            CAST(sum(CASE WHEN source = 'playlist' THEN 1 ELSE 0 END) AS INT) AS from_playlist,
            min(ts) AS first_ts,
            max(ts) AS last_ts
-    FROM (SELECT user_id, ts, played_secs, item_secs, source, {bucket} AS bucket
+    FROM (SELECT user_id, day, ts, played_secs, item_secs, source, {bucket} AS bucket
           FROM plays
           WHERE ts < {t} AND ts >= {t} - INTERVAL '{span} days'{consent})
-    GROUP BY user_id, bucket
+    GROUP BY user_id, day, bucket
 ),
 ordered AS (
     -- each bucket with the end of the user's previous one

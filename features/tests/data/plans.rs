@@ -144,7 +144,11 @@ async fn features_and_labels_on_hand_made_plays() {
 
 /// A context with `tables` registered from the folders of the same names in `data`.
 async fn context(data: &Path, tables: &[&str]) -> SessionContext {
-    let ctx = SessionContext::new();
+    context_with(SessionContext::new(), data, tables).await
+}
+
+/// [`context`] on a given context.
+async fn context_with(ctx: SessionContext, data: &Path, tables: &[&str]) -> SessionContext {
     for table in tables {
         register(
             &ctx,
@@ -945,4 +949,84 @@ async fn the_user_feature_vector_equals_its_families_left_joined() {
         without_engagement > 0,
         "some users have no plays in the last 60 days"
     );
+}
+
+#[tokio::test]
+async fn day_grouped_scans_sum_buckets_without_a_shuffle_and_change_no_feature() {
+    // With Encore's session defaults a scan of plays keeps each day's files
+    // in one partition, so the per-(user, day, bucket) sums run where the
+    // files are read (no repartition, no partial/final split); the features
+    // must not change.
+    use datafusion::physical_plan::displayable;
+    use datafusion::prelude::SessionConfig;
+    use encore_features::plans::{self, SESSION_DEFAULTS};
+    let dir = tempfile::tempdir().unwrap();
+    let spec = DataSpec {
+        users: 300,
+        items: 200,
+        days: 40,
+        seed: 5,
+        ..Default::default()
+    };
+    generate(&spec, dir.path(), |_, _| {}).unwrap();
+    let tables = ["plays", "users", "interactions", "payments"];
+    let sql = plans::user_features_sql(
+        &PlanParams::at(NaiveDate::from_ymd_opt(2026, 2, 10).unwrap()),
+        plans::Inputs::ALL,
+    )
+    .unwrap();
+    let config = |defaults: bool| {
+        let config = SessionConfig::new().with_target_partitions(4);
+        if defaults {
+            SESSION_DEFAULTS
+                .iter()
+                .fold(config, |c, (key, value)| c.set_str(key, value))
+        } else {
+            config
+        }
+    };
+    // The aggregation grouped by day, and the operator right below it.
+    let bucket_sums = |plan: String| -> (String, String) {
+        let lines: Vec<&str> = plan.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| l.contains("AggregateExec") && l.contains(", day@"))
+            .unwrap_or_else(|| panic!("no aggregation by day in\n{plan}"));
+        (lines[at].to_owned(), lines[at + 1].to_owned())
+    };
+    let mut results = Vec::new();
+    for defaults in [false, true] {
+        let ctx = context_with(
+            SessionContext::new_with_config(config(defaults)),
+            dir.path(),
+            &tables,
+        )
+        .await;
+        let df = ctx.sql(&sql).await.unwrap();
+        let physical = df.clone().create_physical_plan().await.unwrap();
+        let plan = displayable(physical.as_ref()).indent(true).to_string();
+        let (agg, below) = bucket_sums(plan.clone());
+        if defaults {
+            assert!(agg.contains("mode=SinglePartitioned"), "{plan}");
+            assert!(!below.contains("RepartitionExec"), "{plan}");
+        } else {
+            // Without them the same SQL shuffles partial sums.
+            assert!(agg.contains("mode=FinalPartitioned"), "{plan}");
+            assert!(below.contains("RepartitionExec"), "{plan}");
+        }
+        results.push(rows_by(df, "user_id").await);
+    }
+    let (plain, tuned) = (&results[0], &results[1]);
+    assert!(plain.len() > 150, "{} users", plain.len());
+    assert_eq!(plain.len(), tuned.len());
+    for (user, row) in plain {
+        for (column, a) in row {
+            let b = &tuned[user][column];
+            let close = match (a.parse::<f64>(), b.parse::<f64>()) {
+                (Ok(x), Ok(y)) => (x - y).abs() <= 1e-9 * x.abs().max(1.0),
+                _ => a == b,
+            };
+            assert!(close, "user {user}, {column}: {a} vs {b}");
+        }
+    }
 }
