@@ -163,6 +163,15 @@ async fn context_with(ctx: SessionContext, data: &Path, tables: &[&str]) -> Sess
     ctx
 }
 
+/// Two printed cells agree: equal text, or numbers within 1e-9 relative
+/// (sums of floats may add up in another order).
+fn same_cell(a: &str, b: &str) -> bool {
+    match (a.parse::<f64>(), b.parse::<f64>()) {
+        (Ok(x), Ok(y)) => (x - y).abs() <= 1e-9 * x.abs().max(1.0),
+        _ => a == b,
+    }
+}
+
 /// A plan's rows sorted by `key`, as key → column → cell.
 async fn rows_by(
     df: datafusion::prelude::DataFrame,
@@ -937,11 +946,7 @@ async fn the_user_feature_vector_equals_its_families_left_joined() {
         assert_eq!(row.len(), columns.len(), "same columns");
         for column in &columns {
             let (a, b) = (&got[user][column], &row[column]);
-            let close = match (a.parse::<f64>(), b.parse::<f64>()) {
-                (Ok(x), Ok(y)) => (x - y).abs() <= 1e-9 * x.abs().max(1.0),
-                _ => a == b,
-            };
-            assert!(close, "user {user}, {column}: {a} vs {b}");
+            assert!(same_cell(a, b), "user {user}, {column}: {a} vs {b}");
         }
         without_engagement += usize::from(row["favorites_30d"].is_empty());
     }
@@ -1022,11 +1027,7 @@ async fn day_grouped_scans_sum_buckets_without_a_shuffle_and_change_no_feature()
     for (user, row) in plain {
         for (column, a) in row {
             let b = &tuned[user][column];
-            let close = match (a.parse::<f64>(), b.parse::<f64>()) {
-                (Ok(x), Ok(y)) => (x - y).abs() <= 1e-9 * x.abs().max(1.0),
-                _ => a == b,
-            };
-            assert!(close, "user {user}, {column}: {a} vs {b}");
+            assert!(same_cell(a, b), "user {user}, {column}: {a} vs {b}");
         }
     }
 }
