@@ -5,9 +5,12 @@
 #   Encore standalone (`encore sql --standalone`: in-process scheduler + executor)
 #   Encore on a cluster: scheduler + 1 executor (2 slots), scheduler + 2 executors (1 slot each)
 #   DuckDB (the Python package, benches/peers/duckdb_features.py), same SQL text
-# Each engine runs alone; outputs are checked to agree row by row.
+# Each engine runs alone; outputs are checked to agree row by row. The four
+# runs are repeated --rounds times, in turn (this VM's timings vary by
+# +-1-2 s from run to run); the summary gives each engine's median and range
+# and the ratio of medians.
 #
-#   benches/features.sh [--users 130000] [--days 90] [--conf KEY=VALUE ...]
+#   benches/features.sh [--users 130000] [--days 90] [--rounds 3] [--conf KEY=VALUE ...]
 #
 # --conf passes a session setting to every Encore run (`encore sql --conf`).
 #
@@ -19,12 +22,13 @@ source scripts/env.sh
 scripts/setup.sh >/dev/null
 pip install --quiet --disable-pip-version-check -r benches/peers/requirements.txt
 
-USERS=130000 DAYS=90 START=2026-01-01
+USERS=130000 DAYS=90 START=2026-01-01 ROUNDS=3
 CONF=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --users) USERS=$2; shift 2 ;;
         --days) DAYS=$2; shift 2 ;;
+        --rounds) ROUNDS=$2; shift 2 ;;
         --conf) CONF+=(--conf "$2"); shift 2 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
@@ -60,13 +64,15 @@ warm() { cat "$DATA"/*/*.parquet "$DATA"/plays/*/*.parquet >/dev/null; }
 
 mkdir -p benches/results
 OUT=benches/results/features-$(date -u +%Y%m%dT%H%M%SZ).jsonl
-echo "{\"machine\": \"$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GB", $2/1048576}' /proc/meminfo)\", \"users\": $USERS, \"days\": $DAYS, \"plays\": $PLAYS, \"cutoff\": \"$CUTOFF\", \"git\": \"$(git rev-parse --short HEAD)\", \"conf\": \"${CONF[*]}\"}" >"$OUT"
+echo "{\"rounds\": $ROUNDS, \"machine\": \"$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GB", $2/1048576}' /proc/meminfo)\", \"users\": $USERS, \"days\": $DAYS, \"plays\": $PLAYS, \"cutoff\": \"$CUTOFF\", \"git\": \"$(git rev-parse --short HEAD)\", \"conf\": \"${CONF[*]}\"}" >"$OUT"
 MEASURE="python benches/peers/measure.py"
 
-echo "bench: encore standalone" >&2
-warm
-$MEASURE encore-standalone -- "$BIN/encore" sql --standalone "${TABLES[@]}" "${CONF[@]}" \
-    --out "$WORK/standalone.parquet" -- "$(cat "$WORK/plan.sql")" | tee -a "$OUT"
+standalone() {
+    echo "bench: encore standalone" >&2
+    warm
+    $MEASURE encore-standalone -- "$BIN/encore" sql --standalone "${TABLES[@]}" "${CONF[@]}" \
+        --out "$WORK/standalone.parquet" -- "$(cat "$WORK/plan.sql")" | tee -a "$OUT"
+}
 
 # cluster N SLOTS: scheduler + N executors with SLOTS task slots each.
 cluster() {
@@ -95,15 +101,23 @@ cluster() {
     kill ${pids//,/ } 2>/dev/null || true
     wait 2>/dev/null || true
 }
-cluster 1 2
-cluster 2 1
 
-echo "bench: duckdb" >&2
-# Timed without --check: the comparison below is not DuckDB's work.
-warm
-$MEASURE duckdb-process -- python benches/peers/duckdb_features.py --data "$DATA" --sql "$WORK/plan.sql" \
-    --out "$WORK/duckdb.parquet" --threads "$(nproc)" --result "$WORK/duckdb.json" | tee -a "$OUT"
-cat "$WORK/duckdb.json" >>"$OUT"
+peer_duckdb() {
+    echo "bench: duckdb" >&2
+    # Timed without --check: the comparison below is not DuckDB's work.
+    warm
+    $MEASURE duckdb-process -- python benches/peers/duckdb_features.py --data "$DATA" --sql "$WORK/plan.sql" \
+        --out "$WORK/duckdb.parquet" --threads "$(nproc)" --result "$WORK/duckdb.json" | tee -a "$OUT"
+    cat "$WORK/duckdb.json" >>"$OUT"
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+    echo "bench: round $round of $ROUNDS" >&2
+    standalone
+    cluster 1 2
+    cluster 2 1
+    peer_duckdb
+done
 for other in duckdb cluster-1 cluster-2; do
     python - "$WORK/standalone.parquet" "$WORK/$other.parquet" "$other" <<'PY'
 import sys
@@ -115,13 +129,23 @@ PY
 done
 
 python - "$OUT" <<'PY'
-import json, sys
+import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-head, runs = rows[0], {r["run"]: r for r in rows[1:] if "run" in r}
-duck = runs["duckdb-process"]
+head = rows[0]
+runs = {}
+for r in rows[1:]:
+    if "run" in r:
+        runs.setdefault(r["run"], []).append(r)
+query = [r["seconds"] for r in rows[1:] if r.get("engine") == "duckdb"]
+duck = statistics.median(r["seconds"] for r in runs["duckdb-process"])
 print(f"\nfull user feature plan: {head['plays']:,} plays, {head['users']:,} users, cutoff {head['cutoff']}, {head['machine']}")
-print(f"{'engine':<28}{'wall s':>9}{'peak MB':>10}{'x duckdb':>10}")
-for name, r in runs.items():
-    print(f"{name:<28}{r['seconds']:>9.1f}{r['total_peak_rss_mb']:>10}{r['seconds'] / duck['seconds']:>10.2f}")
+print(f"{len(runs['duckdb-process'])} round(s); median wall time (range), median peak memory, ratio of medians")
+print(f"{'engine':<24}{'wall s':>8}{'range':>14}{'peak MB':>9}{'x duckdb':>10}")
+for name, rs in runs.items():
+    secs = [r["seconds"] for r in rs]
+    med = statistics.median(secs)
+    peak = statistics.median(r["total_peak_rss_mb"] for r in rs)
+    print(f"{name:<24}{med:>8.1f}{min(secs):>7.1f}-{max(secs):<6.1f}{peak:>9.0f}{med / duck:>10.2f}")
+print(f"duckdb query alone: median {statistics.median(query):.1f} s ({min(query):.1f}-{max(query):.1f})")
 PY
 echo "results: $OUT" >&2

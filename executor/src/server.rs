@@ -172,7 +172,11 @@ pub async fn start_executor(config: ExecutorConfig) -> Result<ExecutorHandle> {
             create_grpc_server(&grpc)
                 .add_service(service)
                 .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    // A pre-bound listener does not get the builder's
+                    // tcp_nodelay: without it each small response (a
+                    // shuffle or result stream's last frame) waits ~40 ms
+                    // for Nagle's algorithm and the peer's delayed ACK.
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                     shutdown.recv(),
                 )
                 .await

@@ -132,6 +132,14 @@ pub async fn start_scheduler(config: SchedulerConfig) -> Result<SchedulerHandle>
     let server = ServerTask::spawn(|stop| async move {
         // The reaper lives as long as the server.
         let _reaper = AbortOnDrop(reaper);
+        // Small gRPC responses (an executor's poll_work, job status) must
+        // not wait ~40 ms for Nagle's algorithm and the peer's delayed ACK:
+        // with it, every task handed to a pull-based executor arrived 40 ms
+        // late and short stages ran at a fraction of their slots.
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         axum::serve(
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
