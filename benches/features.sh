@@ -33,6 +33,9 @@ while [ $# -gt 0 ]; do
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
+case "$ROUNDS" in
+    '' | *[!0-9]* | 0) echo "--rounds must be a positive whole number, got '$ROUNDS'" >&2; exit 2 ;;
+esac
 CUTOFF=$(date -u -d "$START + $DAYS days" +%F)
 
 echo "bench: building release binaries" >&2
