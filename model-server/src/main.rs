@@ -12,6 +12,13 @@ use encore_model_server::{
     BatchConfig, BearerToken, ModelServerConfig, Split, TlsFiles, start_model_server,
 };
 
+/// mimalloc instead of glibc malloc: every request allocates and frees
+/// protobuf messages, HTTP/2 frames and 8 KB encode buffers on the tokio
+/// threads, where glibc's free lists and their consolidation showed as ~8%
+/// of all CPU under load (see benches/RESULTS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Encore model server: TorchScript models from the registry over KServe v2
 /// gRPC, the typed encore.v1.Scoring API and Arrow Flight, on one port.
 ///

@@ -533,7 +533,7 @@ fn index_items(
                 items = index.len(),
                 dim = index.dim(),
                 megabytes = index.bytes() as f64 / 1e6,
-                avx2 = crate::retrieval::kernel::avx2(),
+                kernel = index.kernel().name(),
                 "exact item index built and checked against forward"
             );
             Some(retrieval)

@@ -323,6 +323,7 @@ impl ModelStore {
         let mut deployments = self.write();
         deployments.insert(name.to_owned(), deployment.clone());
         self.metrics.loaded_models.set(deployments.len() as i64);
+        self.prune_version_gauges(&deployments);
         Ok(deployment)
     }
 
@@ -331,7 +332,39 @@ impl ModelStore {
         let mut deployments = self.write();
         let removed = deployments.remove(name).is_some();
         self.metrics.loaded_models.set(deployments.len() as i64);
+        self.prune_version_gauges(&deployments);
         removed
+    }
+
+    /// Drops the per-version gauges of versions no longer served (swapped
+    /// out, unloaded or replaced), so that dashboards summing over versions
+    /// count only what serves.
+    fn prune_version_gauges(&self, deployments: &BTreeMap<String, Arc<Deployment>>) {
+        let served: std::collections::HashSet<(String, String)> = deployments
+            .values()
+            .flat_map(|d| {
+                d.versions()
+                    .into_iter()
+                    .map(|m| (d.name.clone(), m.manifest.version.to_string()))
+            })
+            .collect();
+        let gauges = &self.metrics.item_index_items;
+        for family in prometheus::core::Collector::collect(gauges) {
+            for metric in family.get_metric() {
+                let label = |name: &str| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_owned())
+                        .unwrap_or_default()
+                };
+                let (model, version) = (label("model"), label("version"));
+                if !served.contains(&(model.clone(), version.clone())) {
+                    let _ = gauges.remove_label_values(&[&model, &version]);
+                }
+            }
+        }
     }
 
     /// Re-resolves every route and swaps in versions whose alias moved.
@@ -355,6 +388,7 @@ impl ModelStore {
                 match self.load_version(name, wanted) {
                     Ok(model) => {
                         *route.current.write().unwrap_or_else(|p| p.into_inner()) = model;
+                        self.prune_version_gauges(&self.read());
                         self.metrics.version_swaps.with_label_values(&[name]).inc();
                         info!(model = %name, from = current, to = wanted, variant = %route.variant, "version swapped");
                         swaps += 1;

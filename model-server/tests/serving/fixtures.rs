@@ -306,6 +306,29 @@ pub fn export_slow(registry: &Path, loops: u32) {
 }
 
 /// Starts a model server on port 0 over `registry` with `config` changes.
+/// The versions of `model` with an `item_index_items` gauge in the
+/// server's `/metrics`, ascending.
+pub async fn gauged_versions(server: &ModelServerHandle, model: &str) -> Vec<String> {
+    let addr = server.addr().to_string();
+    let text =
+        tokio::task::spawn_blocking(move || encore_tests::http_get(&addr, "/metrics").unwrap().1)
+            .await
+            .unwrap();
+    let mut versions: Vec<String> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("encore_model_server_item_index_items{")
+                && l.contains(&format!("model=\"{model}\""))
+        })
+        .filter_map(|l| {
+            let rest = &l[l.find("version=\"")? + 9..];
+            Some(rest[..rest.find('"')?].to_owned())
+        })
+        .collect();
+    versions.sort();
+    versions
+}
+
 pub async fn serve_with(
     registry: &Path,
     change: impl FnOnce(&mut ModelServerConfig),

@@ -420,6 +420,9 @@ async fn repository_extension_lists_unloads_and_loads() {
         .unwrap()
         .into_inner();
     assert!(!ready.ready);
+    // An unloaded model leaves no per-version gauge behind.
+    assert!(gauged_versions(&server, "churn").await.is_empty());
+    assert_eq!(gauged_versions(&server, "recommend").await, ["1"]);
 
     // Loading again follows the production alias.
     client
@@ -438,6 +441,7 @@ async fn repository_extension_lists_unloads_and_loads() {
         .unwrap()
         .into_inner();
     assert_eq!(meta.versions, vec!["2"]);
+    assert_eq!(gauged_versions(&server, "churn").await, ["2"]);
     let status = client
         .repository_model_load(RepositoryModelLoadRequest {
             model_name: "missing".into(),

@@ -85,6 +85,8 @@ async fn moving_the_production_alias_swaps_versions_without_a_failed_request() {
     // Once swapped, never back.
     let first_two = seen.iter().position(|v| *v == 2).unwrap();
     assert!(seen.len() > first_two);
+    // The swapped-out version's gauge is gone, the serving one's is there.
+    assert_eq!(gauged_versions(&server, "churn").await, ["2"]);
 
     let addr = server.addr().to_string();
     let text =
