@@ -152,8 +152,8 @@ for model, label in [("churn", "encore"), ("recommend", "encore"), ("recommend",
     name = model if label == "encore" else f"{model} ({label})"
     print(f"| {name} | {e[0]:.0f} (p99 {e[1]:.2f} ms, c={e[2]}) | {p[0]:.0f} (p99 {p[1]:.2f} ms, c={p[2]}) | {ratio:.1f}x |")
 # At equal p99: for every level Python ran, Encore's highest QPS at a p99 no
-# higher than Python's there. The smallest ratio is the claim: it holds at
-# every latency Python reached.
+# higher than Python's there. The headline is the row of Python's highest
+# QPS with p99 < 5 ms: the goal's operating point, matched on p99 exactly.
 print()
 print("At equal p99 (each Python level against Encore's best QPS at a p99 no higher):")
 print()
@@ -162,17 +162,22 @@ print("|---|---:|---:|---:|")
 for model in ("churn", "recommend"):
     py = [r for r in rows if "concurrency" in r and r["model"] == model and r["label"] == "python" and r["errors"] == 0]
     en = [r for r in rows if "concurrency" in r and r["model"] == model and r["label"] == "encore" and r["errors"] == 0]
-    ratios = []
+    ratios = {}
     for p in py:
         fit = [e for e in en if e["p99_ms"] <= p["p99_ms"]]
         if not fit:
             print(f"| {model} | {p['qps']:.0f} ({p['p99_ms']:.2f}, c={p['concurrency']}) | none at p99 <= {p['p99_ms']:.2f} | - |")
             continue
         e = max(fit, key=lambda r: r["qps"])
-        ratios.append(e["qps"] / p["qps"])
-        print(f"| {model} | {p['qps']:.0f} ({p['p99_ms']:.2f}, c={p['concurrency']}) | {e['qps']:.0f} ({e['p99_ms']:.2f}, c={e['concurrency']}) | {ratios[-1]:.1f}x |")
-    if ratios:
-        print(f"| {model} | | smallest ratio | **{min(ratios):.1f}x** |")
+        ratios[p["concurrency"]] = e["qps"] / p["qps"]
+        print(f"| {model} | {p['qps']:.0f} ({p['p99_ms']:.2f}, c={p['concurrency']}) | {e['qps']:.0f} ({e['p99_ms']:.2f}, c={e['concurrency']}) | {ratios[p['concurrency']]:.1f}x |")
+    under = [p for p in py if p["p99_ms"] < 5]
+    if under:
+        p = max(under, key=lambda r: r["qps"])
+        if p["concurrency"] in ratios:
+            print(f"| {model} | at Python's best under 5 ms (c={p['concurrency']}) | | **{ratios[p['concurrency']]:.1f}x** |")
+    else:
+        print(f"| {model} | Python never had p99 < 5 ms | | - |")
 for r in rows:
     if "rate" in r and "p99_ms" in r:
         print(f"\nEncore churn open loop at {r['rate']:.0f} req/s, client view: p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms, {r['errors']} errors (client send lag p99 {r.get('send_lag_p99_ms', 0):.2f} ms)")

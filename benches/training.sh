@@ -8,7 +8,10 @@
 # peer runs twice: as a Python team would first write it, and with
 # --distinct, Encore's formulation (towers once per distinct user and item).
 #
-#   benches/training.sh
+#   benches/training.sh [--no-build]
+#
+# --no-build uses the release binaries already built (they must match the
+# checkout).
 #
 # Writes benches/results/training-<timestamp>.jsonl and prints the ratios
 # (samples/s, median of the epochs after the first).
@@ -20,8 +23,12 @@ scripts/setup.sh >/dev/null
 CHURN=(--rows 200000 --epochs 4 --batch-size 512 --threads 2)
 RECOMMEND=(--model recommend --rows 200000 --users 4000 --items 2000 --epochs 4 --batch-size 1024 --threads 2)
 
-echo "bench: building release binaries" >&2
-cargo build --release --locked -p encore-cli -p encore-scheduler -p encore-executor -p encore-benches --bins >&2
+case "${1:-}" in
+    "") echo "bench: building release binaries" >&2
+        cargo build --release --locked -p encore-cli -p encore-scheduler -p encore-executor -p encore-benches --bins >&2 ;;
+    --no-build) ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+esac
 BIN=${CARGO_TARGET_DIR:-target}/release
 mkdir -p benches/results
 OUT=benches/results/training-$(date -u +%Y%m%dT%H%M%SZ).jsonl
