@@ -15,8 +15,10 @@
 //! Writes never show a half-written state. On a file system a version is
 //! staged in a hidden folder and renamed to its number (a rename fails if
 //! another writer took that number, and the next one is tried); alias files
-//! are written to a temporary name and renamed. On an object store a writer
-//! claims the number with a conditional put and writes the manifest last.
+//! are updated under an exclusive lock on a hidden `.<file>.lock` beside
+//! them, written to a temporary name and renamed. On an object store a
+//! writer claims the number with a conditional put and writes the manifest
+//! last, and alias files are rewritten with conditional puts.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -384,8 +386,11 @@ pub struct AliasMove {
     pub reason: String,
 }
 
-/// `text` to `path` through a temporary file in the same folder and a rename.
+/// `text` to `path` through a temporary file in the same folder and a
+/// rename. The temporary name is unique to this call (process and a
+/// counter), so concurrent writers never write into each other's file.
 fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let io = |e: std::io::Error| Error::Invalid {
         path: path.to_path_buf(),
         reason: e.to_string(),
@@ -393,12 +398,35 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io)?;
     let tmp = dir.join(format!(
-        ".{}.{}.tmp",
+        ".{}.{}.{}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
+        std::process::id(),
+        WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     std::fs::write(&tmp, text).map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// An exclusive lock on `.<name>.lock` beside `path`, held until the file
+/// handle is dropped (blocks while another thread or process holds it).
+fn lock_beside(path: &Path) -> Result<std::fs::File> {
+    let io = |e: std::io::Error| Error::Invalid {
+        path: path.to_path_buf(),
+        reason: format!("locking for an update: {e}"),
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(format!(
+            ".{}.lock",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+        )))
+        .map_err(io)?;
+    lock.lock().map_err(io)?;
+    Ok(lock)
 }
 
 /// `location` made independent of the working directory: URLs as they
@@ -551,7 +579,9 @@ impl Registry {
     /// Reads registry file `rel` as JSON (default when absent), applies
     /// `change` and writes it back. In an object store the write is
     /// conditional on the file being unchanged since the read (and retried
-    /// if it was), so concurrent alias moves are never lost.
+    /// if it was); in a folder the read and write hold an exclusive lock on
+    /// a `.<file>.lock` beside it (flock, across threads and processes). So
+    /// concurrent alias moves are never lost.
     fn update_json<T>(&self, rel: &str, mut change: impl FnMut(&mut T)) -> Result<()>
     where
         T: Default + Serialize + for<'de> Deserialize<'de>,
@@ -571,8 +601,10 @@ impl Registry {
         match &self.backend {
             Backend::Local(root) => {
                 let mut apply = apply;
+                let target = root.join(rel);
+                let _lock = lock_beside(&target)?;
                 let text = apply(self.read(rel)?.as_deref())?;
-                write_atomic(&root.join(rel), &text)
+                write_atomic(&target, &text)
             }
             Backend::Object(store) => store.update(rel, apply),
         }
@@ -839,6 +871,39 @@ mod tests {
         assert_eq!(aliases.len(), 8, "{aliases:?}");
         assert!(aliases.values().all(|&v| v == 3));
         assert_eq!(reader.alias_history("churn").unwrap().len(), 8);
+    }
+
+    #[test]
+    fn racing_alias_moves_in_a_folder_are_all_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::new(dir.path());
+        registry
+            .publish("churn", &staged(&registry), &manifest())
+            .unwrap();
+        // Separate handles, as separate processes would have.
+        std::thread::scope(|scope| {
+            for t in 0..8 {
+                let registry = Registry::new(dir.path());
+                scope.spawn(move || {
+                    for round in 0..5 {
+                        registry
+                            .set_alias("churn", &format!("canary-{t}-{round}"), 1, "set")
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        let aliases = registry.aliases("churn").unwrap();
+        assert_eq!(aliases.len(), 40, "{aliases:?}");
+        assert_eq!(registry.alias_history("churn").unwrap().len(), 40);
+        // Only the lock files are left beside the alias files.
+        let mut hidden: Vec<String> = std::fs::read_dir(dir.path().join("churn"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        hidden.sort();
+        assert_eq!(hidden, [".alias_history.json.lock", ".aliases.json.lock"]);
     }
 
     #[test]
