@@ -39,7 +39,7 @@ esac
 CUTOFF=$(date -u -d "$START + $DAYS days" +%F)
 
 echo "bench: building release binaries" >&2
-cargo build --release --locked -p encore-cli -p encore-scheduler -p encore-executor -p encore-benches --bins >&2
+benches/build.sh
 TARGET=${CARGO_TARGET_DIR:-target}
 BIN=$TARGET/release
 DATA=$TARGET/bench-data/features-u$USERS-d$DAYS

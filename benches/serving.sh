@@ -34,7 +34,7 @@ done
 
 if [ -z "${NO_BUILD:-}" ]; then
     echo "bench: building release binaries" >&2
-    cargo build --release --locked -p encore-model-server -p encore-benches --bins >&2
+    benches/build.sh
 fi
 BIN=${CARGO_TARGET_DIR:-target}/release
 

@@ -25,7 +25,7 @@ RECOMMEND=(--model recommend --rows 200000 --users 4000 --items 2000 --epochs 4 
 
 case "${1:-}" in
     "") echo "bench: building release binaries" >&2
-        cargo build --release --locked -p encore-cli -p encore-scheduler -p encore-executor -p encore-benches --bins >&2 ;;
+        benches/build.sh ;;
     --no-build) ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
 esac
