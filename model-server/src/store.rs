@@ -321,50 +321,45 @@ impl ModelStore {
             .collect();
         info!(model = name, ?versions, "model serving");
         let mut deployments = self.write();
-        deployments.insert(name.to_owned(), deployment.clone());
+        let replaced = deployments.insert(name.to_owned(), deployment.clone());
         self.metrics.loaded_models.set(deployments.len() as i64);
-        self.prune_version_gauges(&deployments);
+        if let Some(old) = replaced {
+            self.drop_version_gauges(&old, &deployment);
+        }
         Ok(deployment)
     }
 
     /// Stops serving `name`; false if it was not loaded.
     pub fn unload(&self, name: &str) -> bool {
         let mut deployments = self.write();
-        let removed = deployments.remove(name).is_some();
+        let removed = deployments.remove(name);
         self.metrics.loaded_models.set(deployments.len() as i64);
-        self.prune_version_gauges(&deployments);
-        removed
-    }
-
-    /// Drops the per-version gauges of versions no longer served (swapped
-    /// out, unloaded or replaced), so that dashboards summing over versions
-    /// count only what serves.
-    fn prune_version_gauges(&self, deployments: &BTreeMap<String, Arc<Deployment>>) {
-        let served: std::collections::HashSet<(String, String)> = deployments
-            .values()
-            .flat_map(|d| {
-                d.versions()
-                    .into_iter()
-                    .map(|m| (d.name.clone(), m.manifest.version.to_string()))
-            })
-            .collect();
-        let gauges = &self.metrics.item_index_items;
-        for family in prometheus::core::Collector::collect(gauges) {
-            for metric in family.get_metric() {
-                let label = |name: &str| {
-                    metric
-                        .get_label()
-                        .iter()
-                        .find(|l| l.name() == name)
-                        .map(|l| l.value().to_owned())
-                        .unwrap_or_default()
-                };
-                let (model, version) = (label("model"), label("version"));
-                if !served.contains(&(model.clone(), version.clone())) {
-                    let _ = gauges.remove_label_values(&[&model, &version]);
-                }
+        if let Some(old) = &removed {
+            for model in old.versions() {
+                self.drop_version_gauge(name, model.manifest.version);
             }
         }
+        removed.is_some()
+    }
+
+    /// Drops the per-version gauges of `old`'s versions that `new` does not
+    /// serve (a deployment replaced by a load), so that dashboards summing
+    /// over versions count only what serves.
+    fn drop_version_gauges(&self, old: &Deployment, new: &Deployment) {
+        let kept: Vec<u64> = new.versions().iter().map(|m| m.manifest.version).collect();
+        for model in old.versions() {
+            if !kept.contains(&model.manifest.version) {
+                self.drop_version_gauge(&old.name, model.manifest.version);
+            }
+        }
+    }
+
+    /// Drops the per-version gauges of one version that no longer serves.
+    fn drop_version_gauge(&self, name: &str, version: u64) {
+        let _ = self
+            .metrics
+            .item_index_items
+            .remove_label_values(&[name, &version.to_string()]);
     }
 
     /// Re-resolves every route and swaps in versions whose alias moved.
@@ -388,7 +383,14 @@ impl ModelStore {
                 match self.load_version(name, wanted) {
                     Ok(model) => {
                         *route.current.write().unwrap_or_else(|p| p.into_inner()) = model;
-                        self.prune_version_gauges(&self.read());
+                        // Another route (an A/B variant) may still serve it.
+                        if !deployment
+                            .versions()
+                            .iter()
+                            .any(|m| m.manifest.version == current)
+                        {
+                            self.drop_version_gauge(name, current);
+                        }
                         self.metrics.version_swaps.with_label_values(&[name]).inc();
                         info!(model = %name, from = current, to = wanted, variant = %route.variant, "version swapped");
                         swaps += 1;
