@@ -48,6 +48,13 @@ fn main() -> anyhow::Result<()> {
     if args.batch.contains(&0) {
         bail!("--batch sizes must be positive");
     }
+    let known = [Kernel::Portable, Kernel::Avx2, Kernel::Avx512Vnni].map(Kernel::name);
+    if let Some(unknown) = args.kernels.iter().find(|k| !known.contains(&k.as_str())) {
+        bail!(
+            "--kernels: unknown kernel '{unknown}' (known: {})",
+            known.join(", ")
+        );
+    }
     tch::set_num_threads(1);
     tch::manual_seed(args.seed);
     let items_t = Tensor::randn(
