@@ -74,10 +74,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let config = eval::movielens_config().apply(&overrides)?;
         return movielens_eval(&args, &config, device, dir.path()).await;
     }
-    let config = ChurnConfig::default().apply(&overrides)?;
     if args.dataset == "synthetic" {
+        let config = eval::synthetic_config().apply(&overrides)?;
         return synthetic(&args, &config, device, dir.path()).await;
     }
+    let config = ChurnConfig::default().apply(&overrides)?;
     let src = args.src.clone().context("--src is required for cdnow")?;
     let out = dir.path().to_path_buf();
     let shown = src.display().to_string();
