@@ -135,6 +135,11 @@ impl Deployment {
             .collect()
     }
 
+    /// The version numbers [`versions`](Self::versions) serves.
+    pub fn version_numbers(&self) -> Vec<u64> {
+        self.versions().iter().map(|m| m.manifest.version).collect()
+    }
+
     /// The version for a request: `selector` empty → the split (by
     /// `routing_key`) or the single route; an alias or number → that loaded
     /// version, bypassing the split.
@@ -314,17 +319,13 @@ impl ModelStore {
             routes,
             shadow,
         });
-        let versions: Vec<u64> = deployment
-            .versions()
-            .iter()
-            .map(|m| m.manifest.version)
-            .collect();
+        let versions = deployment.version_numbers();
         info!(model = name, ?versions, "model serving");
         let mut deployments = self.write();
         let replaced = deployments.insert(name.to_owned(), deployment.clone());
         self.metrics.loaded_models.set(deployments.len() as i64);
         if let Some(old) = replaced {
-            self.drop_version_gauges(&old, &deployment);
+            self.drop_unserved_gauges(name, old.version_numbers(), Some(&deployment));
         }
         Ok(deployment)
     }
@@ -335,31 +336,22 @@ impl ModelStore {
         let removed = deployments.remove(name);
         self.metrics.loaded_models.set(deployments.len() as i64);
         if let Some(old) = &removed {
-            for model in old.versions() {
-                self.drop_version_gauge(name, model.manifest.version);
-            }
+            self.drop_unserved_gauges(name, old.version_numbers(), None);
         }
         removed.is_some()
     }
 
-    /// Drops the per-version gauges of `old`'s versions that `new` does not
-    /// serve (a deployment replaced by a load), so that dashboards summing
-    /// over versions count only what serves.
-    fn drop_version_gauges(&self, old: &Deployment, new: &Deployment) {
-        let kept: Vec<u64> = new.versions().iter().map(|m| m.manifest.version).collect();
-        for model in old.versions() {
-            if !kept.contains(&model.manifest.version) {
-                self.drop_version_gauge(&old.name, model.manifest.version);
-            }
+    /// Drops the per-version gauges of those of `versions` of `name` that
+    /// `serving` (the deployment now in place, if any) does not serve, so
+    /// that dashboards summing over versions count only what serves.
+    fn drop_unserved_gauges(&self, name: &str, versions: Vec<u64>, serving: Option<&Deployment>) {
+        let kept = serving.map(Deployment::version_numbers).unwrap_or_default();
+        for version in versions.into_iter().filter(|v| !kept.contains(v)) {
+            let _ = self
+                .metrics
+                .item_index_items
+                .remove_label_values(&[name, &version.to_string()]);
         }
-    }
-
-    /// Drops the per-version gauges of one version that no longer serves.
-    fn drop_version_gauge(&self, name: &str, version: u64) {
-        let _ = self
-            .metrics
-            .item_index_items
-            .remove_label_values(&[name, &version.to_string()]);
     }
 
     /// Re-resolves every route and swaps in versions whose alias moved.
@@ -384,13 +376,7 @@ impl ModelStore {
                     Ok(model) => {
                         *route.current.write().unwrap_or_else(|p| p.into_inner()) = model;
                         // Another route (an A/B variant) may still serve it.
-                        if !deployment
-                            .versions()
-                            .iter()
-                            .any(|m| m.manifest.version == current)
-                        {
-                            self.drop_version_gauge(name, current);
-                        }
+                        self.drop_unserved_gauges(name, vec![current], Some(&deployment));
                         self.metrics.version_swaps.with_label_values(&[name]).inc();
                         info!(model = %name, from = current, to = wanted, variant = %route.variant, "version swapped");
                         swaps += 1;

@@ -395,16 +395,26 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let tmp = dir.join(format!(
-        ".{}.{}.{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id(),
-        WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
+    let tmp = beside(
+        path,
+        &format!(
+            "{}.{}.tmp",
+            std::process::id(),
+            WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ),
+    )
+    .map_err(io)?;
     std::fs::write(&tmp, text).map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// `.<file name>.<suffix>` in `path`'s folder (created if missing): the
+/// hidden siblings of a registry file (temporary writes, locks).
+fn beside(path: &Path, suffix: &str) -> std::io::Result<PathBuf> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    Ok(dir.join(format!(".{name}.{suffix}")))
 }
 
 /// An exclusive lock on `.<name>.lock` beside `path`, held until the file
@@ -414,16 +424,11 @@ fn lock_beside(path: &Path) -> Result<std::fs::File> {
         path: path.to_path_buf(),
         reason: format!("locking for an update: {e}"),
     };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io)?;
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(dir.join(format!(
-            ".{}.lock",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-        )))
+        .open(beside(path, "lock").map_err(io)?)
         .map_err(io)?;
     lock.lock().map_err(io)?;
     Ok(lock)

@@ -48,7 +48,7 @@ fn main() -> anyhow::Result<()> {
     if args.batch.contains(&0) {
         bail!("--batch sizes must be positive");
     }
-    let known = [Kernel::Portable, Kernel::Avx2, Kernel::Avx512Vnni].map(Kernel::name);
+    let known = Kernel::ALL.map(Kernel::name);
     if let Some(unknown) = args.kernels.iter().find(|k| !known.contains(&k.as_str())) {
         bail!(
             "--kernels: unknown kernel '{unknown}' (known: {})",

@@ -75,6 +75,9 @@ pub enum Kernel {
 }
 
 impl Kernel {
+    /// Every kernel, slowest first.
+    pub const ALL: [Self; 3] = [Self::Portable, Self::Avx2, Self::Avx512Vnni];
+
     /// The fastest kernel this CPU runs.
     pub fn best() -> Self {
         *Self::available().last().unwrap_or(&Self::Portable)
@@ -82,10 +85,7 @@ impl Kernel {
 
     /// Every kernel this CPU runs, slowest first.
     pub fn available() -> Vec<Self> {
-        [Self::Portable, Self::Avx2, Self::Avx512Vnni]
-            .into_iter()
-            .filter(|k| k.is_available())
-            .collect()
+        Self::ALL.into_iter().filter(|k| k.is_available()).collect()
     }
 
     /// Whether this CPU runs the kernel.
