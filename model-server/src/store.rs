@@ -321,36 +321,54 @@ impl ModelStore {
         });
         let versions = deployment.version_numbers();
         info!(model = name, ?versions, "model serving");
-        let mut deployments = self.write();
-        let replaced = deployments.insert(name.to_owned(), deployment.clone());
-        self.metrics.loaded_models.set(deployments.len() as i64);
+        let replaced = {
+            let mut deployments = self.write();
+            let replaced = deployments.insert(name.to_owned(), deployment.clone());
+            self.metrics.loaded_models.set(deployments.len() as i64);
+            replaced
+        };
         if let Some(old) = replaced {
-            self.drop_unserved_gauges(name, old.version_numbers(), Some(&deployment));
+            self.retire(name, old.version_numbers());
         }
         Ok(deployment)
     }
 
     /// Stops serving `name`; false if it was not loaded.
     pub fn unload(&self, name: &str) -> bool {
-        let mut deployments = self.write();
-        let removed = deployments.remove(name);
-        self.metrics.loaded_models.set(deployments.len() as i64);
+        let removed = {
+            let mut deployments = self.write();
+            let removed = deployments.remove(name);
+            self.metrics.loaded_models.set(deployments.len() as i64);
+            removed
+        };
         if let Some(old) = &removed {
-            self.drop_unserved_gauges(name, old.version_numbers(), None);
+            self.retire(name, old.version_numbers());
         }
         removed.is_some()
     }
 
-    /// Drops the per-version gauges of those of `versions` of `name` that
-    /// `serving` (the deployment now in place, if any) does not serve, so
-    /// that dashboards summing over versions count only what serves.
-    fn drop_unserved_gauges(&self, name: &str, versions: Vec<u64>, serving: Option<&Deployment>) {
-        let kept = serving.map(Deployment::version_numbers).unwrap_or_default();
+    /// Cleans up after those of `versions` of `name` that the deployment
+    /// now in place (if any) no longer serves: drops their per-version
+    /// gauges, so that dashboards summing over versions count only what
+    /// serves, and evicts their local copies from an object-store
+    /// registry's cache (a version loaded again is downloaded again), so
+    /// that a server following frequent retrains does not fill its disk.
+    fn retire(&self, name: &str, versions: Vec<u64>) {
+        let kept = self
+            .read()
+            .get(name)
+            .map(|d| d.version_numbers())
+            .unwrap_or_default();
         for version in versions.into_iter().filter(|v| !kept.contains(v)) {
             let _ = self
                 .metrics
                 .item_index_items
                 .remove_label_values(&[name, &version.to_string()]);
+            match self.registry.evict(name, version) {
+                Ok(true) => info!(model = name, version, "evicted the cached copy"),
+                Ok(false) => {}
+                Err(e) => warn!(model = name, version, error = %e, "cannot evict the cached copy"),
+            }
         }
     }
 
@@ -376,7 +394,7 @@ impl ModelStore {
                     Ok(model) => {
                         *route.current.write().unwrap_or_else(|p| p.into_inner()) = model;
                         // Another route (an A/B variant) may still serve it.
-                        self.drop_unserved_gauges(name, vec![current], Some(&deployment));
+                        self.retire(name, vec![current]);
                         self.metrics.version_swaps.with_label_values(&[name]).inc();
                         info!(model = %name, from = current, to = wanted, variant = %route.variant, "version swapped");
                         swaps += 1;

@@ -344,6 +344,17 @@ impl Registry {
         }
     }
 
+    /// Drops the local copy of one version that [`fetch`](Self::fetch)
+    /// downloaded from an object store (it is fetched again if needed);
+    /// true if there was one. A file-system registry keeps its versions:
+    /// false.
+    pub fn evict(&self, model: &str, version: u64) -> Result<bool> {
+        match &self.backend {
+            Backend::Local(_) => Ok(false),
+            Backend::Object(store) => store.evict(model, version),
+        }
+    }
+
     /// The manifest of one version, checked against the folder it is in.
     pub fn manifest(&self, model: &str, version: u64) -> Result<Manifest> {
         let rel = format!("{model}/{version}/manifest.json");
@@ -687,6 +698,9 @@ mod tests {
         assert!(err.contains("no alias 'staging'"), "{err}");
         let err = registry.resolve("churn", "9").unwrap_err().to_string();
         assert!(err.contains("no version 9"), "{err}");
+        // A file-system registry is the versions themselves: nothing to evict.
+        assert!(!registry.evict("churn", 1).unwrap());
+        assert!(dir.path().join("churn/1/manifest.json").is_file());
         assert!(matches!(
             registry.resolve("nope", ""),
             Err(RegistryError::NotFound(_))
@@ -818,6 +832,19 @@ mod tests {
         );
         assert_eq!(reader.manifest("churn", 1).unwrap().version, 1);
         assert!(!local.join(".claim").exists());
+
+        // Evicting drops the local copy only; the next fetch downloads it again.
+        assert!(reader.evict("churn", 1).unwrap());
+        assert!(!local.exists(), "the cached copy is gone");
+        assert!(!reader.evict("churn", 1).unwrap(), "nothing left to evict");
+        assert_eq!(
+            std::fs::read_dir(local.parent().unwrap()).unwrap().count(),
+            0,
+            "no renamed-away folder is left behind"
+        );
+        assert_eq!(reader.versions("churn").unwrap(), vec![1]);
+        assert_eq!(reader.fetch("churn", 1).unwrap(), local);
+        assert_eq!(std::fs::read(local.join("model.pt")).unwrap(), b"weights");
 
         // A writer that claimed 2 but died before its manifest: 2 stays
         // invisible, is never fetched, and the next version is 3.

@@ -415,6 +415,33 @@ impl ObjectRegistry {
         }
     }
 
+    /// Removes the cached copy of one version; false if there was none.
+    /// Processes sharing the cache see the folder whole or not at all: it
+    /// is renamed away, then deleted (a later [`fetch`](Self::fetch)
+    /// downloads it again). The store is not touched.
+    pub fn evict(&self, model: &str, version: u64) -> Result<bool> {
+        let dir = self.cache_dir(model, version);
+        let gone = self
+            .cache
+            .join(model)
+            .join(unique(&format!(".evict-{version}")));
+        match std::fs::rename(&dir, &gone) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => {
+                return Err(Error::Invalid {
+                    path: dir,
+                    reason: format!("cannot evict the cached copy: {e}"),
+                });
+            }
+        }
+        std::fs::remove_dir_all(&gone).map_err(|e| Error::Invalid {
+            path: gone,
+            reason: format!("cannot delete the evicted copy: {e}"),
+        })?;
+        Ok(true)
+    }
+
     /// The local folder this registry caches into.
     pub fn cache_root(&self) -> &Path {
         &self.cache

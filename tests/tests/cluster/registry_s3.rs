@@ -159,13 +159,40 @@ fn an_s3_registry_is_trained_into_listed_promoted_and_served() {
         || (score_version(&addr) == 2).then_some(()),
     )
     .unwrap();
-    assert!(
-        server_cache
-            .join("s3/encore/models/churn/2/model.pt")
-            .is_file()
-    );
+    let cached_v2 = server_cache.join("s3/encore/models/churn/2");
+    assert!(cached_v2.join("model.pt").is_file());
+    // Version 1 serves no more: its local copy is evicted.
+    wait_for(
+        "the server to evict its copy of churn:1",
+        Duration::from_secs(10),
+        || (!cached.exists()).then_some(()),
+    )
+    .unwrap();
     let (code, out, _) = models(&["rollback", "churn"]);
     assert_eq!((code, out.trim()), (0, "churn: production 2 -> 1"));
+    // Rolled back: version 1 is downloaded again and served, 2 is evicted.
+    wait_for(
+        "the server to serve churn:1 again",
+        Duration::from_secs(30),
+        || (score_version(&addr) == 1).then_some(()),
+    )
+    .unwrap();
+    assert!(cached.join("model.pt").is_file());
+    wait_for(
+        "the server to evict its copy of churn:2",
+        Duration::from_secs(10),
+        || (!cached_v2.exists()).then_some(()),
+    )
+    .unwrap();
+    let left: Vec<_> = std::fs::read_dir(server_cache.join("s3/encore/models/churn"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        left,
+        vec!["1".to_owned()],
+        "only the served version is cached"
+    );
 
     // Bad locations are one clear error line.
     for (location, needle) in [
