@@ -18,6 +18,7 @@ mod http;
 pub mod metrics;
 mod server;
 pub mod training;
+mod work_dir;
 pub mod worker;
 
 pub use config::{ExecutorConfig, SchedulingPolicy};

@@ -185,15 +185,11 @@ pub async fn start_executor(config: ExecutorConfig) -> Result<ExecutorHandle> {
     };
 
     // Shuffle files go to the configured folder, or to a temporary one that
-    // lives (and is deleted) with the handle.
+    // lives (and is deleted) with the handle; see `work_dir` for the ones
+    // killed executors leave behind.
     let temp_work_dir = match &config.work_dir {
         Some(_) => None,
-        None => Some(
-            tempfile::Builder::new()
-                .prefix("encore-executor-")
-                .tempdir()
-                .map_err(Error::Serve)?,
-        ),
+        None => Some(crate::work_dir::create().map_err(Error::Serve)?),
     };
     let work_dir = config
         .work_dir
