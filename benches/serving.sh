@@ -4,7 +4,7 @@
 #   server (benches/peers/kserve_torch_server.py) serving the same
 #   TorchScript files and online snapshot.
 # Load: benches' `serving-load` (Rust, one thread), closed-loop concurrency
-# sweep per model, then an open-loop run of Encore churn at half its best
+# sweep per model, then open-loop runs (three) of Encore churn at half its best
 # QPS, then Arrow Flight batch scoring. Each server runs alone while measured.
 #
 #   benches/serving.sh [--users 100000] [--items 100000] [--seconds 5] [--levels 1,2,4,...] [--no-build]
@@ -88,7 +88,10 @@ print(int(max(ok)) if ok else 100)
 PY
 )
 half=$((best_churn / 2))
-echo "bench: encore churn open loop at $half req/s (half of $best_churn)" >&2
+# Three tries, each reported, and their median: on a shared 2-core machine
+# one try can land in a spell where the generator itself is held off a core.
+for try in 1 2 3; do
+echo "bench: encore churn open loop at $half req/s (half of $best_churn), try $try of 3" >&2
 # The server's own view of the same run: its request-latency histogram
 # (decode to response, no network or client), read before and after.
 metrics >"$WORK/metrics.before"
@@ -112,6 +115,7 @@ p = {q: next(le for le, n in delta if n >= q * total) for q in (0.5, 0.99)}
 print(json.dumps({"label": "encore-half-max-server-side", "rate": float(sys.argv[3]), "requests": total,
                   "p50_le_ms": p[0.5] * 1e3, "p99_le_ms": p[0.99] * 1e3}))
 PY
+done
 echo "bench: encore Flight batch scoring" >&2
 "$BIN/flight-throughput" --addr "$ADDR" --users 2000000 --snapshot-users "$USERS" | tee -a "$OUT" >&2
 kill "${PIDS[0]}"; wait "${PIDS[0]}" 2>/dev/null || true
@@ -187,5 +191,9 @@ for r in rows:
         print(f"\nEncore recommend item index: {r['item_index_items']} items")
     if "users_per_second" in r:
         print(f"Encore Flight batch churn scoring: {r['users']} users in {r['seconds']:.2f} s = {r['users_per_second']/1e6:.2f} M users/s (batches of {r['batch_rows']})")
+tries = sorted(r["p99_ms"] for r in rows if r["label"] == "encore-half-max")
+if tries:
+    print(f"\nEncore churn open loop, client p99 over {len(tries)} tries: median {tries[len(tries) // 2]:.3f} ms "
+          f"(all: {', '.join(f'{t:.2f}' for t in tries)}; goal < 2 ms)")
 PY
 echo "bench: raw results in $OUT" >&2
