@@ -33,7 +33,8 @@ use tracing::{info, warn};
 
 use crate::checkpoints::Checkpoints;
 use crate::training::{
-    ChurnJob, Progress, Promotion, RecommendJob, TrainError, train_churn, train_recommend,
+    ChurnJob, JobTarget, Progress, Promotion, RecommendJob, TrainError, train_churn,
+    train_recommend,
 };
 
 /// How the worker finds and runs jobs.
@@ -107,17 +108,10 @@ enum Training {
 }
 
 impl Training {
-    fn job_id(&self) -> &str {
+    fn target(&self) -> &JobTarget {
         match self {
-            Training::Churn(j) => &j.job_id,
-            Training::Recommend(j) => &j.job_id,
-        }
-    }
-
-    fn model_name(&self) -> &str {
-        match self {
-            Training::Churn(j) => &j.model_name,
-            Training::Recommend(j) => &j.model_name,
+            Training::Churn(j) => &j.target,
+            Training::Recommend(j) => &j.target,
         }
     }
 }
@@ -189,35 +183,31 @@ fn training_job(
     } else {
         encore_models::default_device()
     };
+    let target = JobTarget {
+        job_id: job.id.clone(),
+        data: PathBuf::from(&spec.data_uri),
+        cutoff,
+        registry: spec.registry_uri.clone(),
+        model_name: spec.model_name,
+        promotion,
+        device,
+        control,
+    };
     match JobKind::try_from(job.kind) {
         Ok(JobKind::Churn) => Ok(Training::Churn(ChurnJob {
-            job_id: job.id.clone(),
-            data: PathBuf::from(&spec.data_uri),
-            cutoff,
-            registry: spec.registry_uri.clone(),
-            model_name: spec.model_name,
+            target,
             horizons: spec.horizons_days,
             config: ChurnConfig::from_toml(&spec.config_toml)
                 .map_err(|e| format!("config_toml: {e}"))?
                 .apply(&overrides)
                 .map_err(|e| e.to_string())?,
-            promotion,
-            device,
-            control,
         })),
         Ok(JobKind::Recommend) => Ok(Training::Recommend(RecommendJob {
-            job_id: job.id.clone(),
-            data: PathBuf::from(&spec.data_uri),
-            cutoff,
-            registry: spec.registry_uri.clone(),
-            model_name: spec.model_name,
+            target,
             config: RecommendConfig::from_toml(&spec.config_toml)
                 .map_err(|e| format!("config_toml: {e}"))?
                 .apply(&overrides)
                 .map_err(|e| e.to_string())?,
-            promotion,
-            device,
-            control,
         })),
         _ => Err(format!(
             "job kind {} is not one this executor trains",
@@ -271,7 +261,7 @@ fn spawn_training(
     checkpoints: Arc<Checkpoints>,
 ) -> oneshot::Receiver<Ending> {
     let (done_tx, done_rx) = oneshot::channel();
-    let name = format!("train-{}", job.job_id());
+    let name = format!("train-{}", job.target().job_id);
     let spawned = std::thread::Builder::new().name(name).spawn(move || {
         if threads > 0 {
             tch::set_num_threads(threads as i32);
@@ -314,7 +304,7 @@ fn spawn_training(
                     retryable: false,
                     metrics: trained.metrics.into_iter().collect(),
                     registered: Some(RegisteredModel {
-                        name: job.model_name().to_owned(),
+                        name: job.target().model_name.clone(),
                         version: trained.version,
                         promoted: trained.promoted,
                     }),

@@ -9,7 +9,8 @@ use std::sync::OnceLock;
 use chrono::NaiveDate;
 use datafusion::prelude::SessionContext;
 use encore_executor::training::{
-    ChurnJob, Progress, Promotion, RecommendJob, TrainError, train_churn, train_recommend,
+    ChurnJob, JobTarget, Progress, Promotion, RecommendJob, TrainError, train_churn,
+    train_recommend,
 };
 use encore_features::datagen::{DataSpec, generate};
 use encore_models::churn::ChurnConfig;
@@ -40,21 +41,28 @@ fn data() -> &'static Path {
 
 const CUTOFF: (i32, u32, u32) = (2026, 2, 15);
 
-fn job(registry: &Path) -> ChurnJob {
-    ChurnJob {
-        job_id: "test-job".into(),
+/// A CPU job on the shared generated data at `CUTOFF`.
+fn target(id: &str, registry: &Path, model: &str) -> JobTarget {
+    JobTarget {
+        job_id: id.into(),
         data: data().to_path_buf(),
         cutoff: NaiveDate::from_ymd_opt(CUTOFF.0, CUTOFF.1, CUTOFF.2).unwrap(),
         registry: registry.display().to_string(),
-        model_name: "churn".into(),
+        model_name: model.into(),
+        promotion: Promotion::IfBetter,
+        device: tch::Device::Cpu,
+        control: Default::default(),
+    }
+}
+
+fn job(registry: &Path) -> ChurnJob {
+    ChurnJob {
+        target: target("test-job", registry, "churn"),
         horizons: vec![7, 15, 30],
         config: ChurnConfig {
             epochs: 12,
             ..Default::default()
         },
-        promotion: Promotion::IfBetter,
-        device: tch::Device::Cpu,
-        control: Default::default(),
     }
 }
 
@@ -181,7 +189,7 @@ async fn churn_job_trains_registers_and_serves() {
 
     // A second version that is not promoted leaves production alone.
     let mut second = job(registry.path());
-    second.promotion = Promotion::Never;
+    second.target.promotion = Promotion::Never;
     second.config.epochs = 2;
     let t2 = train_churn(&SessionContext::new(), &second, &mut |_| true)
         .await
@@ -226,12 +234,12 @@ async fn bad_jobs_fail_with_a_reason() {
     };
     // A cutoff whose 30-day labels run past the end of the data.
     let mut late = job(registry.path());
-    late.cutoff = NaiveDate::from_ymd_opt(2026, 3, 10).unwrap();
+    late.target.cutoff = NaiveDate::from_ymd_opt(2026, 3, 10).unwrap();
     let e = fail(late).await;
     assert!(e.to_string().contains("up to 2026-04-09"), "{e}");
     // A cutoff before any play: nothing to learn from.
     let mut early = job(registry.path());
-    early.cutoff = NaiveDate::from_ymd_opt(2025, 6, 1).unwrap();
+    early.target.cutoff = NaiveDate::from_ymd_opt(2025, 6, 1).unwrap();
     let e = fail(early).await;
     assert!(e.to_string().contains("plays run from"), "{e}");
     // Invalid settings.
@@ -242,11 +250,11 @@ async fn bad_jobs_fail_with_a_reason() {
     lr.config.lr = -1.0;
     assert!(fail(lr).await.to_string().contains("lr = -1"));
     let mut name = job(registry.path());
-    name.model_name = "../etc".into();
+    name.target.model_name = "../etc".into();
     assert!(fail(name).await.to_string().contains("invalid model name"));
     // A missing table.
     let mut nowhere = job(registry.path());
-    nowhere.data = registry.path().join("nothing");
+    nowhere.target.data = registry.path().join("nothing");
     assert!(fail(nowhere).await.to_string().contains("no plays/ table"));
     // Cancelling at the first epoch stops the job, and nothing is published.
     let e = train_churn(&ctx, &job(registry.path()), &mut |p| {
@@ -276,18 +284,11 @@ async fn bad_jobs_fail_with_a_reason() {
 async fn recommend_job_trains_beats_popularity_registers_and_serves() {
     let registry = tempfile::tempdir().unwrap();
     let job = RecommendJob {
-        job_id: "rec-job".into(),
-        data: data().to_path_buf(),
-        cutoff: NaiveDate::from_ymd_opt(CUTOFF.0, CUTOFF.1, CUTOFF.2).unwrap(),
-        registry: registry.path().display().to_string(),
-        model_name: "recommend".into(),
+        target: target("rec-job", registry.path(), "recommend"),
         config: RecommendConfig {
             epochs: 6,
             ..Default::default()
         },
-        promotion: Promotion::IfBetter,
-        device: tch::Device::Cpu,
-        control: Default::default(),
     };
     let mut stages = Vec::new();
     let mut epochs = Vec::new();

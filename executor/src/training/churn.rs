@@ -3,7 +3,6 @@
 //! online snapshot (features at the end of the data) → a registry version.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -14,12 +13,12 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use datafusion::prelude::SessionContext;
 use encore_features::plans::{self, Inputs, PlanParams};
-use encore_models::churn::{self as model, ChurnConfig, ChurnData, ChurnSchema, TrainControl};
+use encore_models::churn::{self as model, ChurnConfig, ChurnData, ChurnSchema};
 use encore_models::registry::{self, Feature, Manifest, Registry, RiskTiers, TensorSpec};
-use tch::{Device, Tensor};
+use tch::Tensor;
 
 use super::frame::{self, Frame, Vocabularies};
-use super::{Progress, Promotion, TrainError, manifest_extra, promote, register_tables, stage};
+use super::{JobTarget, Progress, TrainError, manifest_extra, promote, register_tables, stage};
 
 /// Share of labelled users held out for early stopping, and again for the
 /// reported metrics.
@@ -29,26 +28,12 @@ const TEST_SHARE: f64 = 0.15;
 /// A churn training job.
 #[derive(Debug, Clone)]
 pub struct ChurnJob {
-    /// The job id recorded in the manifest.
-    pub job_id: String,
-    /// Folder with the canonical tables.
-    pub data: PathBuf,
-    /// Features before it, labels in (cutoff, cutoff + horizon].
-    pub cutoff: NaiveDate,
-    /// Registry location: a folder or `s3://bucket/prefix`.
-    pub registry: String,
-    /// Name to register under.
-    pub model_name: String,
+    /// Data, cutoff (labels in (cutoff, cutoff + horizon]), registry, device.
+    pub target: JobTarget,
     /// Horizons in days, ascending.
     pub horizons: Vec<u32>,
     /// Network and optimiser settings.
     pub config: ChurnConfig,
-    /// Whether the new version takes the production alias.
-    pub promotion: Promotion,
-    /// Where to train.
-    pub device: Device,
-    /// Checkpoint folder and cancel flag.
-    pub control: TrainControl,
 }
 
 /// What a finished job produced.
@@ -69,7 +54,7 @@ pub struct Trained {
 
 impl ChurnJob {
     fn check(&self) -> Result<(), TrainError> {
-        registry::check_model_name(&self.model_name)
+        registry::check_model_name(&self.target.model_name)
             .map_err(|e| TrainError::InvalidJob(e.to_string()))?;
         if self.horizons.is_empty()
             || self.horizons.iter().any(|h| !(1..=365).contains(h))
@@ -182,22 +167,24 @@ pub async fn train_churn(
 ) -> Result<Trained, TrainError> {
     job.check()?;
     stage(progress, "computing features and labels")?;
-    register_tables(ctx, &job.data).await?;
+    register_tables(ctx, &job.target.data).await?;
     let (first, last) = play_span(ctx).await?;
     let longest = *job.horizons.last().expect("checked");
-    let label_end = job.cutoff + chrono::Days::new(u64::from(longest));
-    if last.date_naive() < label_end - chrono::Days::new(1) || first.date_naive() >= job.cutoff {
+    let label_end = job.target.cutoff + chrono::Days::new(u64::from(longest));
+    if last.date_naive() < label_end - chrono::Days::new(1)
+        || first.date_naive() >= job.target.cutoff
+    {
         return Err(TrainError::InvalidJob(format!(
             "cutoff {}: plays run from {} to {}, but training needs plays before the cutoff and up to {label_end} for the {longest}-day label",
-            job.cutoff,
+            job.target.cutoff,
             first.date_naive(),
             last.date_naive()
         )));
     }
-    let inputs = Inputs::in_dir(&job.data);
+    let inputs = Inputs::in_dir(&job.target.data);
     let params = PlanParams {
         horizons: job.horizons.clone(),
-        ..PlanParams::at(job.cutoff)
+        ..PlanParams::at(job.target.cutoff)
     };
     let (labels, rows, vocab) = labelled_rows(ctx, &params, inputs).await?;
     let all = tensors(&rows, labels.len());
@@ -212,8 +199,8 @@ pub async fn train_churn(
         &train,
         &validation,
         &job.config,
-        job.device,
-        &job.control,
+        job.target.device,
+        &job.target.control,
         |r| progress(Progress::Epoch(*r)),
     )
     .map_err(|e| match e {
@@ -234,8 +221,8 @@ pub async fn train_churn(
     metrics.insert("validation_loss".into(), best.validation_loss);
 
     stage(progress, "exporting")?;
-    let registry = Registry::open(&job.registry)?;
-    let staged = registry.stage(&job.model_name)?;
+    let registry = Registry::open(&job.target.registry)?;
+    let staged = registry.stage(&job.target.model_name)?;
     let artifact = |path: &std::path::Path, e: &dyn std::fmt::Display| TrainError::Artifact {
         path: path.display().to_string(),
         reason: e.to_string(),
@@ -289,14 +276,14 @@ pub async fn train_churn(
         serve_at,
         &all,
     );
-    let version = registry.publish(&job.model_name, &staged, &manifest)?;
+    let version = registry.publish(&job.target.model_name, &staged, &manifest)?;
 
     let key = format!("auc_{longest}d");
     let promoted = promote(
         &registry,
-        &job.model_name,
+        &job.target.model_name,
         version,
-        job.promotion,
+        job.target.promotion,
         &key,
         &metrics,
     )?;
@@ -435,11 +422,11 @@ fn manifest(
         })
         .collect();
     let mut extra = manifest_extra(
-        &job.job_id,
+        &job.target.job_id,
         metrics,
         serde_json::json!({
-            "path": job.data.display().to_string(),
-            "cutoff": job.cutoff.to_string(),
+            "path": job.target.data.display().to_string(),
+            "cutoff": job.target.cutoff.to_string(),
             "snapshot_cutoff": serve_at.to_string(),
             "labelled_users": rows.rows(),
         }),
@@ -453,7 +440,7 @@ fn manifest(
     );
     extra.insert("horizons_days".into(), serde_json::json!(job.horizons));
     Manifest {
-        name: job.model_name.clone(),
+        name: job.target.model_name.clone(),
         version: 0,
         kind: "churn".into(),
         inputs: vec![TensorSpec {

@@ -10,13 +10,37 @@ pub mod eval;
 mod frame;
 pub mod recommend;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use chrono::NaiveDate;
 use datafusion::prelude::SessionContext;
 use encore_features::tables::{self, TableSource};
 
 pub use churn::{ChurnJob, Trained, train_churn};
 pub use recommend::{RecommendJob, train_recommend};
+
+/// What every training job names besides its model's settings: the data
+/// and cutoff it learns from, where and as what it registers, and where
+/// and under whose control it runs.
+#[derive(Debug, Clone)]
+pub struct JobTarget {
+    /// The job id recorded in the manifest.
+    pub job_id: String,
+    /// Folder with the canonical tables.
+    pub data: PathBuf,
+    /// Features before it; labels or held-out interactions after it.
+    pub cutoff: NaiveDate,
+    /// Registry location: a folder or `s3://bucket/prefix`.
+    pub registry: String,
+    /// Name to register under.
+    pub model_name: String,
+    /// Whether the new version takes the production alias.
+    pub promotion: Promotion,
+    /// Where to train.
+    pub device: tch::Device,
+    /// Checkpoint folder and cancel flag.
+    pub control: encore_models::churn::TrainControl,
+}
 
 /// Errors of a training pipeline, each naming what was wrong.
 #[derive(Debug, thiserror::Error)]

@@ -6,7 +6,6 @@
 //! (features and history at the end of the data) → a registry version.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use chrono::NaiveDate;
@@ -17,7 +16,6 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::prelude::SessionContext;
 use encore_features::plans::{self, Inputs, PlanParams};
-use encore_models::churn::TrainControl;
 use encore_models::recommend::{
     self as model, Context, RecData, RecommendConfig, TrainedRecommend,
 };
@@ -27,7 +25,7 @@ use tch::{Device, Tensor};
 use super::churn::{Trained, collect, play_span};
 use super::eval::int64s;
 use super::{
-    Progress, Promotion, TrainError, frame, manifest_extra, promote, register_tables, stage,
+    JobTarget, Progress, TrainError, frame, manifest_extra, promote, register_tables, stage,
 };
 
 /// Share of each user's training pairs held out for early stopping (users
@@ -46,24 +44,11 @@ pub const PROMOTION_METRIC: &str = "recall_at_10";
 /// A recommendation training job.
 #[derive(Debug, Clone)]
 pub struct RecommendJob {
-    /// The job id recorded in the manifest.
-    pub job_id: String,
-    /// Folder with the canonical tables.
-    pub data: PathBuf,
-    /// Pairs before it, held-out discoveries in the week after it.
-    pub cutoff: NaiveDate,
-    /// Registry location: a folder or `s3://bucket/prefix`.
-    pub registry: String,
-    /// Name to register under.
-    pub model_name: String,
+    /// Data, cutoff (pairs before it, held-out discoveries in the week
+    /// after it), registry, device.
+    pub target: JobTarget,
     /// Network and optimiser settings.
     pub config: RecommendConfig,
-    /// Whether the new version takes the production alias.
-    pub promotion: Promotion,
-    /// Where to train.
-    pub device: Device,
-    /// Checkpoint folder and cancel flag.
-    pub control: TrainControl,
 }
 
 /// Dense codes for ids seen in order.
@@ -335,29 +320,29 @@ pub async fn train_recommend(
     job: &RecommendJob,
     progress: &mut (dyn FnMut(Progress) -> bool + Send),
 ) -> Result<Trained, TrainError> {
-    registry::check_model_name(&job.model_name)
+    registry::check_model_name(&job.target.model_name)
         .map_err(|e| TrainError::InvalidJob(e.to_string()))?;
     job.config.validate()?;
     stage(progress, "computing pairs and features")?;
-    register_tables(ctx, &job.data).await?;
+    register_tables(ctx, &job.target.data).await?;
     let (first, last) = play_span(ctx).await?;
-    if first.date_naive() >= job.cutoff || last.date_naive() < job.cutoff {
+    if first.date_naive() >= job.target.cutoff || last.date_naive() < job.target.cutoff {
         return Err(TrainError::InvalidJob(format!(
             "cutoff {}: plays run from {} to {}, but training needs plays before the cutoff and after it (to evaluate on)",
-            job.cutoff,
+            job.target.cutoff,
             first.date_naive(),
             last.date_naive()
         )));
     }
-    let inputs = Inputs::in_dir(&job.data);
-    let params = PlanParams::at(job.cutoff);
+    let inputs = Inputs::in_dir(&job.target.data);
+    let params = PlanParams::at(job.target.cutoff);
     let mut catalogue = catalogue(ctx).await?;
     let pairs = training_pairs(ctx, &params, &mut catalogue).await?;
     if pairs.pairs.len() < 20 {
         return Err(TrainError::EmptyData(format!(
             "only {} (user, item) pairs in the 90 days before {}: too few to train",
             pairs.pairs.len(),
-            job.cutoff
+            job.target.cutoff
         )));
     }
     let (feature_names, features) = user_features(ctx, &params, inputs, &pairs.users.ids).await?;
@@ -402,9 +387,13 @@ pub async fn train_recommend(
     }
 
     stage(progress, "training")?;
-    let trained = model::train(&data, &job.config, job.device, &job.control, |r| {
-        progress(Progress::RecEpoch(*r))
-    })
+    let trained = model::train(
+        &data,
+        &job.config,
+        job.target.device,
+        &job.target.control,
+        |r| progress(Progress::RecEpoch(*r)),
+    )
     .map_err(|e| match e {
         encore_models::Error::Cancelled => TrainError::Cancelled,
         e => TrainError::Model(e),
@@ -414,8 +403,8 @@ pub async fn train_recommend(
     let metrics = evaluate(&data, &trained, &test)?;
 
     stage(progress, "exporting")?;
-    let registry = Registry::open(&job.registry)?;
-    let staged = registry.stage(&job.model_name)?;
+    let registry = Registry::open(&job.target.registry)?;
+    let staged = registry.stage(&job.target.model_name)?;
     let artifact = |path: &std::path::Path, e: &dyn std::fmt::Display| TrainError::Artifact {
         path: path.display().to_string(),
         reason: e.to_string(),
@@ -439,13 +428,13 @@ pub async fn train_recommend(
             .map_err(|e| artifact(&online, &e))?;
     }
     let manifest = manifest(job, &trained, &data, &pairs, &metrics, serve_at, test.len());
-    let version = registry.publish(&job.model_name, &staged, &manifest)?;
+    let version = registry.publish(&job.target.model_name, &staged, &manifest)?;
 
     let promoted = promote(
         &registry,
-        &job.model_name,
+        &job.target.model_name,
         version,
-        job.promotion,
+        job.target.promotion,
         PROMOTION_METRIC,
         &metrics,
     )?;
@@ -733,11 +722,11 @@ fn manifest(
         shape: shape.to_vec(),
     };
     let mut extra = manifest_extra(
-        &job.job_id,
+        &job.target.job_id,
         metrics,
         serde_json::json!({
-            "path": job.data.display().to_string(),
-            "cutoff": job.cutoff.to_string(),
+            "path": job.target.data.display().to_string(),
+            "cutoff": job.target.cutoff.to_string(),
             "snapshot_cutoff": serve_at.to_string(),
             "users": data.users,
             "items": data.items,
@@ -754,7 +743,7 @@ fn manifest(
         serde_json::json!("hour -1: unknown; else UTC hour 0-23 in four-hour slots"),
     );
     Manifest {
-        name: job.model_name.clone(),
+        name: job.target.model_name.clone(),
         version: 0,
         kind: "recommend".into(),
         inputs: vec![
