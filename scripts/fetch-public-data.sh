@@ -8,6 +8,8 @@
 # and only the needed files are extracted with Python's zipfile module:
 #
 #   DEST/cdnow/CDNOW_master.txt      from lifetimes==0.11.3  (lifetimes/datasets/CDNOW_master.txt)
+#   DEST/cdnow/CDNOW_sample.txt      the 2,357-customer 1/10th sample of the same panel (Fader & Hardie's,
+#                                    where BG/NBD was first fitted), the master id in its first column
 #   DEST/movielens/ml-100k.inter     from recbole==1.2.1     (recbole/dataset_example/ml-100k/)
 #   DEST/movielens/ml-100k.item
 #   DEST/movielens/ml-100k.user
@@ -45,6 +47,7 @@ RECBOLE_REQ="recbole==1.2.1 --hash=sha256:9c9948202011f37eb0a7c6768129313f00d640
 # "lines" is the number of newline characters (what `wc -l` prints); header lines included.
 FILES=(
     "lifetimes|lifetimes/datasets/CDNOW_master.txt|cdnow/CDNOW_master.txt|69660|eff6889ed364c5199d6eacbbeb7a6d559971df4406ac876f322c373f00a072ef"
+    "lifetimes|lifetimes/datasets/CDNOW_sample.txt|cdnow/CDNOW_sample.txt|6919|6fae10155c0b0ba363c2c386e30f77990d22328220efd862a5edd1443420d94a"
     "recbole|recbole/dataset_example/ml-100k/ml-100k.inter|movielens/ml-100k.inter|100001|4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff"
     "recbole|recbole/dataset_example/ml-100k/ml-100k.item|movielens/ml-100k.item|1683|51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532"
     "recbole|recbole/dataset_example/ml-100k/ml-100k.user|movielens/ml-100k.user|944|4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972"

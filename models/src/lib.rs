@@ -4,6 +4,7 @@
 //!
 //! This crate knows Arrow and tch only: no DataFusion, no cluster, no gRPC.
 
+pub mod baseline;
 pub mod checkpoint;
 pub mod churn;
 pub mod error;

@@ -8,14 +8,21 @@
 //! the churn network (wide & deep, one head) is trained with k-fold
 //! cross-validation so that every customer gets an out-of-fold prediction,
 //! and AUC and log loss are computed over all of them for "any purchase in
-//! the holdout".
+//! the holdout". In the same run, on the same customers, two classical
+//! baselines: BG/NBD fitted to every customer's history (unsupervised, as
+//! `lifetimes` fits it) and logistic regression on RFM (out of fold, same
+//! folds). Every score is also reported on Fader & Hardie's 1/10th sample
+//! (2,357 customers) when its ids are given, because that is where the
+//! published baselines were measured.
 
+use std::collections::HashSet;
 use std::path::Path;
 
 use chrono::NaiveDate;
 use datafusion::arrow::array::Array;
 use datafusion::prelude::SessionContext;
 use encore_features::plans::{self, PlanParams};
+use encore_models::baseline::{BgNbd, History, Logistic};
 use encore_models::churn::{self as model, ChurnConfig, ChurnData, ChurnSchema, TrainControl};
 use encore_models::metrics;
 use tch::{Device, Kind, Tensor};
@@ -39,6 +46,22 @@ pub(crate) fn int64s(column: &datafusion::arrow::array::ArrayRef) -> Result<Vec<
 pub const CDNOW_CUTOFF: (i32, u32, u32) = (1997, 10, 1);
 /// Holdout length: 39 weeks.
 pub const CDNOW_HOLDOUT_DAYS: u32 = 273;
+
+/// One model's scores in `eval cdnow`, over all customers and over the
+/// sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CdnowScore {
+    /// What was scored.
+    pub model: String,
+    /// AUC over all customers.
+    pub auc: f64,
+    /// Log loss over all customers (models that give a probability).
+    pub log_loss: Option<f64>,
+    /// AUC over the sample's customers.
+    pub sample_auc: Option<f64>,
+    /// Log loss over the sample's customers.
+    pub sample_log_loss: Option<f64>,
+}
 
 /// What `eval cdnow` measured.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,6 +87,88 @@ pub struct CdnowEval {
     /// same number of repeat purchase days in the other folds (a hurdle
     /// model on top of the classifier).
     pub predicted_purchases: f64,
+    /// Customers of the sample found among `customers` (None: no sample).
+    pub sample_customers: Option<usize>,
+    /// Every model's scores: the network first, then the baselines.
+    pub scores: Vec<CdnowScore>,
+    /// The BG/NBD fit (time in days).
+    pub bgnbd: BgNbd,
+    /// BG/NBD's expected holdout transactions, summed over customers.
+    pub bgnbd_predicted_purchases: f64,
+}
+
+/// Reads the customer ids of Fader & Hardie's CDNOW sample
+/// (`CDNOW_sample.txt` from `lifetimes`: master id, sample id, date, CDs,
+/// dollars per line).
+pub fn cdnow_sample_ids(path: &Path) -> Result<HashSet<i64>, TrainError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| TrainError::InvalidJob(format!("reading {}: {e}", path.display())))?;
+    let mut ids = HashSet::new();
+    for (i, line) in text.lines().enumerate() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.is_empty() {
+            continue;
+        }
+        let id = fields.first().and_then(|f| f.parse::<i64>().ok());
+        match (id, fields.len()) {
+            (Some(id), 5) => {
+                ids.insert(id);
+            }
+            _ => {
+                return Err(TrainError::InvalidJob(format!(
+                    "{} line {}: expected a CDNOW sample line (master id, sample id, date, CDs, dollars), got {line:?}",
+                    path.display(),
+                    i + 1
+                )));
+            }
+        }
+    }
+    if ids.is_empty() {
+        return Err(TrainError::InvalidJob(format!(
+            "{}: no customers",
+            path.display()
+        )));
+    }
+    Ok(ids)
+}
+
+/// Column `name` of `rows`' numeric inputs, one value per row.
+fn numeric_column(rows: &frame::Frame, name: &str) -> Result<Vec<f64>, TrainError> {
+    let width = rows.numeric_names.len();
+    let at = rows
+        .numeric_names
+        .iter()
+        .position(|c| c == name)
+        .ok_or_else(|| TrainError::InvalidJob(format!("no {name} feature")))?;
+    Ok((0..rows.rows())
+        .map(|i| f64::from(rows.numeric[i * width + at]))
+        .collect())
+}
+
+/// Scores of one model over all customers and over the sample (`in_sample`
+/// empty: no sample). `probability` says whether log loss means anything.
+fn score(
+    model: &str,
+    p: &[f64],
+    bought: &[bool],
+    in_sample: &[bool],
+    probability: bool,
+) -> CdnowScore {
+    let (sample_p, sample_y): (Vec<f64>, Vec<bool>) = in_sample
+        .iter()
+        .zip(p.iter().zip(bought))
+        .filter(|(s, _)| **s)
+        .map(|(_, (p, y))| (*p, *y))
+        .unzip();
+    let has_sample = !sample_p.is_empty();
+    CdnowScore {
+        model: model.to_string(),
+        auc: metrics::auc(p, bought),
+        log_loss: probability.then(|| metrics::log_loss(p, bought)),
+        sample_auc: has_sample.then(|| metrics::auc(&sample_p, &sample_y)),
+        sample_log_loss: (has_sample && probability)
+            .then(|| metrics::log_loss(&sample_p, &sample_y)),
+    }
 }
 
 /// Buckets of calibration-period repeat purchase days for the hurdle
@@ -142,6 +247,7 @@ pub async fn eval_cdnow(
     data: &Path,
     config: &ChurnConfig,
     folds: usize,
+    sample: Option<&HashSet<i64>>,
     device: Device,
 ) -> Result<CdnowEval, TrainError> {
     config.validate()?;
@@ -232,6 +338,79 @@ pub async fn eval_cdnow(
         })
         .sum();
     let holdout_purchases = counts.iter().sum();
+
+    // Baselines on the same customers and folds.
+    let x = numeric_column(&rows, "repeat_purchase_days")?;
+    let recency = numeric_column(&rows, "days_since_purchase")?;
+    let age = numeric_column(&rows, "days_since_first_purchase")?;
+    let span = numeric_column(&rows, "purchase_span_days")?;
+    let spend = numeric_column(&rows, "spend_per_purchase_day")?;
+    let histories: Vec<History> = (0..n)
+        .map(|i| History {
+            x: x[i].max(0.0) as u32,
+            t_x: span[i].max(0.0),
+            t: age[i].max(span[i]),
+        })
+        .collect();
+    let bgnbd =
+        BgNbd::fit(&histories).map_err(|e| TrainError::InvalidJob(format!("BG/NBD: {e}")))?;
+    let horizon = f64::from(CDNOW_HOLDOUT_DAYS);
+    let expected: Vec<f64> = histories
+        .iter()
+        .map(|h| bgnbd.expected_purchases(h, horizon))
+        .collect();
+    let p_any: Vec<f64> = histories
+        .iter()
+        .map(|h| bgnbd.p_any_purchase(h, horizon))
+        .collect();
+    // RFM: frequency, recency, age and spend, log-scaled.
+    let rfm: Vec<f64> = (0..n)
+        .flat_map(|i| [x[i], recency[i], age[i], spend[i]].map(|v| v.max(0.0).ln_1p()))
+        .collect();
+    let mut p_rfm = vec![0.0; n];
+    for k in 0..folds {
+        let (train_rows, train_y): (Vec<f64>, Vec<bool>) = (0..n)
+            .filter(|&i| fold_of[i] != k)
+            .map(|i| (&rfm[i * 4..i * 4 + 4], bought[i]))
+            .fold((Vec::new(), Vec::new()), |(mut r, mut y), (row, b)| {
+                r.extend_from_slice(row);
+                y.push(b);
+                (r, y)
+            });
+        let fitted = Logistic::fit(&train_rows, 4, &train_y, 1e-3)
+            .map_err(|e| TrainError::InvalidJob(format!("logistic regression: {e}")))?;
+        for i in (0..n).filter(|&i| fold_of[i] == k) {
+            p_rfm[i] = fitted.predict(&rfm[i * 4..i * 4 + 4]);
+        }
+    }
+    let in_sample: Vec<bool> = match sample {
+        Some(ids) => rows.user_ids.iter().map(|id| ids.contains(id)).collect(),
+        None => vec![false; n],
+    };
+    let scores = vec![
+        score(
+            "encore wide & deep (purchase features)",
+            &p_purchase,
+            &bought,
+            &in_sample,
+            true,
+        ),
+        score(
+            "BG/NBD expected transactions",
+            &expected,
+            &bought,
+            &in_sample,
+            false,
+        ),
+        score("BG/NBD P(any purchase)", &p_any, &bought, &in_sample, true),
+        score(
+            "logistic regression on RFM",
+            &p_rfm,
+            &bought,
+            &in_sample,
+            true,
+        ),
+    ];
     Ok(CdnowEval {
         customers: n,
         buyers: bought.iter().filter(|&&b| b).count(),
@@ -242,6 +421,10 @@ pub async fn eval_cdnow(
         folds,
         mean_prediction: p_purchase.iter().sum::<f64>() / n as f64,
         predicted_purchases,
+        sample_customers: sample.map(|_| in_sample.iter().filter(|s| **s).count()),
+        scores,
+        bgnbd,
+        bgnbd_predicted_purchases: expected.iter().sum(),
     })
 }
 

@@ -20,7 +20,9 @@ fn public_data() -> PathBuf {
 
 /// The full CDNOW panel: every customer scored out of fold; the AUC of "any
 /// purchase in the 39-week holdout" must be in the range of the published
-/// baselines (BG/NBD 0.773, RFM logistic regression 0.769–0.778).
+/// baselines (BG/NBD 0.773, RFM logistic regression 0.769–0.778), and the
+/// network must beat BG/NBD fitted in the same run, over all customers and
+/// over the 2,357-customer sample (CDNOW_sample.txt beside the panel).
 #[test]
 fn cdnow_scores_every_customer_out_of_fold_near_the_baselines() {
     let src = public_data().join("cdnow/CDNOW_master.txt");
@@ -31,10 +33,36 @@ fn cdnow_scores_every_customer_out_of_fold_near_the_baselines() {
     let auc: f64 = out
         .lines()
         .find(|l| l.trim_start().starts_with("encore wide & deep"))
-        .and_then(|l| l.split_whitespace().rev().nth(1))
+        .and_then(|l| l.split_whitespace().rev().nth(3))
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no AUC in {out}"));
     assert!(auc > 0.75 && auc < 0.95, "AUC {auc}\n{out}");
+    assert!(out.contains("sample (2357)"), "{out}");
+    // model -> [AUC, log loss, sample AUC, sample log loss] ("-" as NaN)
+    let row = |model: &str| -> Vec<f64> {
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(model))
+            .unwrap_or_else(|| panic!("no {model} row in {out}"));
+        let cells: Vec<f64> = line
+            .split_whitespace()
+            .rev()
+            .take(4)
+            .map(|v| v.parse().unwrap_or(f64::NAN))
+            .collect();
+        cells.into_iter().rev().collect()
+    };
+    let network = row("encore wide & deep");
+    let bgnbd = row("BG/NBD expected transactions");
+    let rfm = row("logistic regression on RFM");
+    for (name, r) in [("network", &network), ("BG/NBD", &bgnbd), ("RFM", &rfm)] {
+        for auc in [r[0], r[2]] {
+            assert!(auc > 0.7 && auc < 0.9, "{name}: {r:?}\n{out}");
+        }
+    }
+    assert!(network[0] > bgnbd[0] && network[2] > bgnbd[2], "{out}");
+    assert!(network[1] < rfm[1] + 0.01 && rfm[1] < 0.6, "{out}");
+    assert!(out.contains("BG/NBD fit (days): r "), "{out}");
     // Predicted total holdout transactions land within 25% of the actual.
     let totals = out
         .lines()
@@ -54,7 +82,23 @@ fn cdnow_scores_every_customer_out_of_fold_near_the_baselines() {
     };
     let (actual, predicted) = (number("actual "), number("predicted "));
     assert!((predicted - actual).abs() / actual < 0.25, "{totals}");
+    let bgnbd_total = number("BG/NBD ");
+    assert!((bgnbd_total - actual).abs() / actual < 0.35, "{totals}");
 
+    let (code, _, err) = encore(&[
+        "eval",
+        "cdnow",
+        "--src",
+        src.to_str().unwrap(),
+        "--sample",
+        src.to_str().unwrap(),
+    ])
+    .unwrap();
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("line 1: expected a CDNOW sample line"),
+        "{err}"
+    );
     let (code, _, err) =
         encore(&["eval", "cdnow", "--src", "/nonexistent/CDNOW_master.txt"]).unwrap();
     assert_eq!(code, 1);
