@@ -25,10 +25,12 @@ fn main() {
     println!("cargo:link_args={}", args.join("\x1f"));
 }
 
-/// Compiles `cpp/script_module.cpp` (TorchScript from source, see
-/// `src/script.rs`) against the headers next to libtorch's lib folder.
+/// Compiles the C++ shims — `cpp/script_module.cpp` (TorchScript from
+/// source, see `src/script.rs`) and `cpp/fused_adamw.cpp` (the fused AdamW
+/// step, `src/optim.rs`) — against the headers next to libtorch's lib folder.
 fn compile_script_shim(lib: &Path) {
     println!("cargo:rerun-if-changed=cpp/script_module.cpp");
+    println!("cargo:rerun-if-changed=cpp/fused_adamw.cpp");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     let include = lib.parent().map(|p| p.join("include")).unwrap_or_default();
     // PyTorch wheels since 2.7 use the new C++ ABI; LIBTORCH_CXX11_ABI=0
@@ -37,6 +39,7 @@ fn compile_script_shim(lib: &Path) {
     cc::Build::new()
         .cpp(true)
         .file("cpp/script_module.cpp")
+        .file("cpp/fused_adamw.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")

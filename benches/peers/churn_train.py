@@ -3,7 +3,10 @@ Encore trains it, to compare samples per second (benches/training.sh).
 
 Same architecture (wide part with crossed categorical pairs, embeddings,
 MLP 128-64 with dropout 0.1, cumulative softplus heads), same AdamW
-settings, batch size, thread count and per-step loss read-back.
+settings, batch size, thread count and per-step loss read-back. AdamW is
+torch's default implementation (a loop over the parameters); --fused uses
+AdamW(fused=True), the one-kernel step Encore's optimiser calls
+(models/src/optim.rs).
 
     python churn_train.py --rows 200000 --epochs 4 --batch-size 512 --threads 2
 """
@@ -76,6 +79,7 @@ def main():
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--fused", action="store_true", help="AdamW(fused=True), as Encore steps")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(7)
@@ -87,7 +91,7 @@ def main():
     model.mean.copy_(squashed.mean(0))
     std = squashed.std(0)
     model.std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4, fused=a.fused or None)
     per_epoch = []
     for _ in range(a.epochs):
         model.train()
@@ -112,6 +116,7 @@ def main():
         "rows": a.rows,
         "batch_size": a.batch_size,
         "threads": a.threads,
+        "fused": a.fused,
         "samples_per_second": statistics.median_high(timed),
         "per_epoch": per_epoch,
     }))

@@ -18,7 +18,9 @@ context (hour slot 0, device 0). Per epoch: manual_seed(7 + epoch), randperm
 of the pairs and the context-dropout rand draw on the CPU, then batches:
 logits = u.i / 0.2 - logQ[item] (log of the item's share of the pairs,
 clamped at 1e-9), cross entropy against the diagonal (in-batch negatives),
-AdamW (lr 2e-3, weight decay 1e-5) and the loss read back every step with a
+AdamW (lr 2e-3, weight decay 1e-5; torch's default implementation, or with
+--fused the one-kernel step Encore's optimiser calls, models/src/optim.rs)
+and the loss read back every step with a
 NaN check. Same batch size, thread count and synthetic pairs as
 benches/src/bin/train_throughput.rs; samples/s = pairs / timed epoch seconds
 (steps only), median of the epochs after the first.
@@ -144,6 +146,7 @@ def main():
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--fused", action="store_true", help="AdamW(fused=True), as Encore steps")
     p.add_argument("--distinct", action="store_true",
                    help="the Encore step's formulation: towers once per distinct user and item, "
                         "[B, U] logits with log-count columns, temperature and logQ fused into addmm")
@@ -160,7 +163,7 @@ def main():
     popularity = ((log_count - log_count.mean()) / log_count.std(unbiased=False).clamp_min(1e-6)).unsqueeze(1)
     log_q = (freq / a.rows).clamp_min(1e-9).log()
     model = TwoTower(a.users, a.items, genres=21, artists=0, devices=0, features=numeric.shape[1])
-    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY, fused=a.fused or None)
     per_epoch = []
     for epoch in range(1, a.epochs + 1):
         torch.manual_seed(SEED + epoch)
@@ -203,6 +206,7 @@ def main():
         "batch_size": a.batch_size,
         "threads": a.threads,
         "distinct": a.distinct,
+        "fused": a.fused,
         "samples_per_second": statistics.median_high(per_epoch[1:] or per_epoch),
         "per_epoch": per_epoch,
     }))

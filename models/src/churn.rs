@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, Module, OptimizerConfig};
+use tch::nn::{self, Module};
 use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::checkpoint::{self, CheckpointState};
@@ -510,11 +510,7 @@ pub fn train(
         mean.to_device(device),
         std.to_device(device),
     );
-    let mut opt = nn::AdamW {
-        wd: cfg.weight_decay,
-        ..Default::default()
-    }
-    .build(&vs, cfg.lr)?;
+    let mut opt = crate::optim::AdamW::new(&vs, cfg.lr, cfg.weight_decay)?;
 
     let on = |data: &ChurnData| {
         (
@@ -581,7 +577,7 @@ pub fn train(
                 None,
                 Reduction::Mean,
             );
-            opt.backward_step(&loss);
+            opt.backward_step(&loss)?;
             let value = loss.double_value(&[]);
             if !value.is_finite() {
                 return Err(Error::Diverged { epoch, step });

@@ -9,6 +9,8 @@ pub mod checkpoint;
 pub mod churn;
 pub mod error;
 pub mod metrics;
+#[allow(unsafe_code)] // the FFI calls into cpp/fused_adamw.cpp
+pub mod optim;
 pub mod recommend;
 pub mod registry;
 #[allow(unsafe_code)] // the one FFI call into cpp/script_module.cpp

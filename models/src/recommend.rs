@@ -24,7 +24,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, Module, OptimizerConfig};
+use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::{self, CheckpointState};
@@ -812,11 +812,7 @@ pub fn train(
     tch::manual_seed(cfg.seed);
     let mut vs = nn::VarStore::new(device);
     let towers = Towers::new(&vs.root(), data, cfg);
-    let mut opt = nn::AdamW {
-        wd: cfg.weight_decay,
-        ..Default::default()
-    }
-    .build(&vs, cfg.lr)?;
+    let mut opt = crate::optim::AdamW::new(&vs, cfg.lr, cfg.weight_decay)?;
     let histories = data.histories(cfg.max_history);
     let (standardisation, numeric) = standardise(data);
     let numeric = Tensor::from_slice(&numeric)
@@ -928,7 +924,7 @@ pub fn train(
             let uv = towers.users(&fixed, &numeric.index_select(0, &u), &slot, &dev);
             let iv = towers.items(&bi_ids, &item_inputs);
             let loss = in_batch_loss(&uv, &iv, &bi, &log_q, cfg.temperature);
-            opt.backward_step(&loss);
+            opt.backward_step(&loss)?;
             let value = loss.double_value(&[]);
             if !value.is_finite() {
                 return Err(Error::Diverged { epoch, step });
