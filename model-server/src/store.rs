@@ -6,7 +6,7 @@
 //! so no request fails during a swap.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tch::Device;
@@ -208,6 +208,27 @@ pub struct ModelStore {
     config: StoreConfig,
     metrics: Arc<ServerMetrics>,
     deployments: RwLock<BTreeMap<String, Arc<Deployment>>>,
+    /// Versions being loaded now (model, version) → loads in flight: their
+    /// cached copies are not evicted under them.
+    loading: Mutex<HashMap<(String, u64), usize>>,
+}
+
+/// Marks a version as being loaded while alive.
+struct Loading<'a> {
+    store: &'a ModelStore,
+    key: (String, u64),
+}
+
+impl Drop for Loading<'_> {
+    fn drop(&mut self) {
+        let mut loading = self.store.loading.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = loading.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                loading.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl ModelStore {
@@ -218,6 +239,7 @@ impl ModelStore {
             config,
             metrics,
             deployments: RwLock::default(),
+            loading: Mutex::default(),
         }
     }
 
@@ -247,7 +269,20 @@ impl ModelStore {
     }
 
     /// Loads one version (blocking: run it off the async threads).
+    /// Marks `version` of `name` as being loaded until the guard drops.
+    fn loading(&self, name: &str, version: u64) -> Loading<'_> {
+        let key = (name.to_string(), version);
+        *self
+            .loading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.clone())
+            .or_default() += 1;
+        Loading { store: self, key }
+    }
+
     fn load_version(&self, name: &str, version: u64) -> Result<Arc<ServedModel>> {
+        let _loading = self.loading(name, version);
         let started = Instant::now();
         let m = &self.metrics;
         let v = version.to_string();
@@ -364,6 +399,18 @@ impl ModelStore {
                 .metrics
                 .item_index_items
                 .remove_label_values(&[name, &version.to_string()]);
+            // A load of this version in flight (a repository load racing
+            // the alias poller) reads the cached files: keep them. The lock
+            // is held through the eviction, so no load starts reading a
+            // copy while it is being removed.
+            let loading = self.loading.lock().unwrap_or_else(|p| p.into_inner());
+            if loading.contains_key(&(name.to_string(), version)) {
+                info!(
+                    model = name,
+                    version, "being loaded again: cached copy kept"
+                );
+                continue;
+            }
             match self.registry.evict(name, version) {
                 Ok(true) => info!(model = name, version, "evicted the cached copy"),
                 Ok(false) => {}
@@ -434,5 +481,50 @@ impl ModelStore {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Deployment>>> {
         self.deployments.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use encore_models::registry::object::ObjectRegistry;
+    use object_store::memory::InMemory;
+
+    #[test]
+    fn a_version_being_loaded_keeps_its_cached_copy() {
+        let cache = tempfile::tempdir().unwrap();
+        let registry = Registry::object(ObjectRegistry::new(
+            "memory://test/reg",
+            Arc::new(InMemory::new()),
+            "reg",
+            cache.path(),
+        ));
+        let store = ModelStore::new(
+            registry,
+            StoreConfig {
+                batch: BatchConfig::default(),
+                splits: HashMap::new(),
+                device: Device::Cpu,
+                item_index: false,
+            },
+            Arc::new(ServerMetrics::new().unwrap()),
+        );
+        let copy = cache.path().join("churn").join("1");
+        std::fs::create_dir_all(&copy).unwrap();
+        std::fs::write(copy.join("model.pt"), b"weights").unwrap();
+        let first = store.loading("churn", 1);
+        let second = store.loading("churn", 1);
+        store.retire("churn", vec![1]);
+        assert!(copy.join("model.pt").is_file(), "evicted under a load");
+        drop(first);
+        store.retire("churn", vec![1]);
+        assert!(
+            copy.join("model.pt").is_file(),
+            "evicted under the second load"
+        );
+        drop(second);
+        assert!(store.loading.lock().unwrap().is_empty());
+        store.retire("churn", vec![1]);
+        assert!(!copy.exists(), "not evicted once no load was in flight");
     }
 }

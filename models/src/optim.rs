@@ -157,10 +157,9 @@ impl AdamW {
         if rc == 0 {
             return Ok(());
         }
-        let end = error.iter().position(|&b| b == 0).unwrap_or(error.len());
         Err(Error::Torch(tch::TchError::Torch(format!(
             "fused AdamW step: {}",
-            String::from_utf8_lossy(&error[..end])
+            crate::script::c_message(&error)
         ))))
     }
 }

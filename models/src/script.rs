@@ -71,10 +71,13 @@ pub fn save(type_name: &str, source: &str, buffers: &[(&str, &Tensor)], path: &P
     if rc == 0 {
         return Ok(());
     }
-    let end = error.iter().position(|&b| b == 0).unwrap_or(error.len());
-    Err(Error::Script(
-        String::from_utf8_lossy(&error[..end]).into_owned(),
-    ))
+    Err(Error::Script(c_message(&error)))
+}
+
+/// The NUL-terminated message a C++ shim wrote into `buffer`.
+pub(crate) fn c_message(buffer: &[u8]) -> String {
+    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
+    String::from_utf8_lossy(&buffer[..end]).into_owned()
 }
 
 #[cfg(test)]
