@@ -268,8 +268,20 @@ struct Net {
     mean: Tensor,
     std: Tensor,
     wide: nn::Linear,
-    crosses: Vec<(usize, usize, i64, nn::Embedding)>,
-    embeddings: Vec<nn::Embedding>,
+    /// Categorical fields: one table for all of them, field k's codes
+    /// starting at `code_offsets[k]`, codes clamped to `[0, code_max[k]]`.
+    embeddings: nn::Embedding,
+    code_offsets: Tensor,
+    code_max: Tensor,
+    /// Crossed pairs (i, j) of fields in the wide part: one 1-wide table
+    /// for all pairs, pair p's cell for codes (a, b) at
+    /// `cross_offsets[p] + a * cross_stride[p] + b` with a the code of field
+    /// `cross_first[p]` and b of `cross_second[p]`.
+    crosses: nn::Embedding,
+    cross_first: Tensor,
+    cross_second: Tensor,
+    cross_stride: Tensor,
+    cross_offsets: Tensor,
     cardinalities: Vec<i64>,
     hidden: Vec<nn::Linear>,
     out: nn::Linear,
@@ -291,10 +303,10 @@ impl Net {
             .iter()
             .map(|(_, c)| (*c).max(1))
             .collect();
-        let embedding = |name: String, n: i64, dim: i64, init: nn::Init| {
+        let embedding = |name: &str, n: i64, dim: i64, init: nn::Init| {
             nn::embedding(
                 vs / name,
-                n,
+                n.max(1),
                 dim,
                 nn::EmbeddingConfig {
                     ws_init: init,
@@ -302,37 +314,42 @@ impl Net {
                 },
             )
         };
-        let mut crosses = Vec::new();
+        // Every field's embeddings in one table and every crossed pair's
+        // weights in another, so a step runs one lookup (and one backward
+        // scatter) for each instead of one per field and per pair.
+        let index = |values: Vec<i64>| Tensor::from_slice(&values).to_device(vs.device());
+        let starts = |sizes: &[i64]| -> Vec<i64> {
+            sizes
+                .iter()
+                .scan(0, |next, n| {
+                    let start = *next;
+                    *next += n;
+                    Some(start)
+                })
+                .collect()
+        };
+        let (mut first, mut second, mut stride, mut cells) = (vec![], vec![], vec![], vec![]);
         for i in 0..cardinalities.len() {
             for j in i + 1..cardinalities.len() {
-                crosses.push((
-                    i,
-                    j,
-                    cardinalities[j],
-                    embedding(
-                        format!("cross_{i}_{j}"),
-                        cardinalities[i] * cardinalities[j],
-                        1,
-                        nn::Init::Const(0.0),
-                    ),
-                ));
+                first.push(i as i64);
+                second.push(j as i64);
+                stride.push(cardinalities[j]);
+                cells.push(cardinalities[i] * cardinalities[j]);
             }
         }
-        let embeddings = cardinalities
-            .iter()
-            .enumerate()
-            .map(|(i, &c)| {
-                embedding(
-                    format!("embedding_{i}"),
-                    c,
-                    cfg.embedding_dim,
-                    nn::Init::Randn {
-                        mean: 0.0,
-                        stdev: 0.1,
-                    },
-                )
-            })
-            .collect();
+        let embeddings = embedding(
+            "embeddings",
+            cardinalities.iter().sum(),
+            cfg.embedding_dim,
+            nn::Init::Randn {
+                mean: 0.0,
+                stdev: 0.1,
+            },
+        );
+        let crosses = embedding("crosses", cells.iter().sum(), 1, nn::Init::Const(0.0));
+        let code_offsets = index(starts(&cardinalities));
+        let code_max = index(cardinalities.iter().map(|c| c - 1).collect());
+        let cross_offsets = index(starts(&cells));
         let mut width = f + cfg.embedding_dim * cardinalities.len() as i64;
         let mut hidden = Vec::new();
         for (k, &h) in cfg.hidden.iter().enumerate() {
@@ -348,8 +365,14 @@ impl Net {
             mean: mean.set_requires_grad(false),
             std: std.set_requires_grad(false),
             wide: nn::linear(vs / "wide", f.max(1), 1, Default::default()),
-            crosses,
             embeddings,
+            code_offsets,
+            code_max,
+            crosses,
+            cross_first: index(first),
+            cross_second: index(second),
+            cross_stride: index(stride),
+            cross_offsets,
             cardinalities,
             hidden,
             out: nn::linear(
@@ -372,17 +395,22 @@ impl Net {
         } else {
             Tensor::zeros([numeric.size()[0], 1], (Kind::Float, numeric.device()))
         };
-        let codes: Vec<Tensor> = self
-            .cardinalities
-            .iter()
-            .enumerate()
-            .map(|(i, &c)| categorical.select(1, i as i64).clamp(0, c - 1))
-            .collect();
-        for (emb, code) in self.embeddings.iter().zip(&codes) {
-            deep_in.push(emb.forward(code));
-        }
-        for (i, j, cj, cross) in &self.crosses {
-            wide += cross.forward(&(&codes[*i] * *cj + &codes[*j]));
+        if !self.cardinalities.is_empty() {
+            // [N, C] codes, each within its field's range
+            let codes = categorical.clamp_min(0).minimum(&self.code_max);
+            // [N, C, D] → [N, C × D], field by field
+            let embedded = self.embeddings.forward(&(&codes + &self.code_offsets));
+            deep_in.push(embedded.flatten(1, 2));
+            if self.cross_offsets.numel() > 0 {
+                let cells = codes.index_select(1, &self.cross_first) * &self.cross_stride
+                    + codes.index_select(1, &self.cross_second)
+                    + &self.cross_offsets;
+                // [N, P, 1] → [N, 1]
+                wide += self
+                    .crosses
+                    .forward(&cells)
+                    .sum_dim_intlist(1, false, Kind::Float);
+            }
         }
         let mut x = Tensor::cat(&deep_in, 1);
         for layer in &self.hidden {
