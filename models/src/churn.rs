@@ -558,6 +558,10 @@ pub fn train(
     let mut resumed_after = None;
     let fingerprint = serde_json::json!({
         "model": "churn",
+        // The network's variable layout: 2 since the categorical fields and
+        // crossed pairs share one table each. A checkpoint of another
+        // layout is ignored (training starts over) rather than failing to load.
+        "layout": 2,
         "numeric": schema.numeric,
         "categorical": schema.categorical,
         "horizons": schema.horizons,
