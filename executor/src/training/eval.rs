@@ -173,7 +173,7 @@ fn score(
 
 /// Buckets of calibration-period repeat purchase days for the hurdle
 /// model's counts: 0, 1, 2, 3-4, 5-9, 10+.
-fn repeat_bucket(repeat_days: f32) -> usize {
+fn repeat_bucket(repeat_days: f64) -> usize {
     match repeat_days as i64 {
         i64::MIN..=0 => 0,
         1 => 1,
@@ -308,15 +308,8 @@ pub async fn eval_cdnow(
     let bought: Vec<bool> = (0..n).map(|i| rows.labels[i] < 0.5).collect();
     // Hurdle model: P(purchase) x E[transactions | purchase, repeat bucket],
     // the expectation taken over buyers in the other folds.
-    let repeat = rows
-        .numeric_names
-        .iter()
-        .position(|c| c == "repeat_purchase_days")
-        .ok_or_else(|| TrainError::InvalidJob("no repeat_purchase_days feature".into()))?;
-    let width = rows.numeric_names.len();
-    let bucket: Vec<usize> = (0..n)
-        .map(|i| repeat_bucket(rows.numeric[i * width + repeat]))
-        .collect();
+    let x = numeric_column(&rows, "repeat_purchase_days")?;
+    let bucket: Vec<usize> = x.iter().map(|&days| repeat_bucket(days)).collect();
     // [fold][bucket] → (transactions, buyers)
     let mut sums = vec![[(0u64, 0u64); 6]; folds];
     for i in (0..n).filter(|&i| bought[i]) {
@@ -340,7 +333,6 @@ pub async fn eval_cdnow(
     let holdout_purchases = counts.iter().sum();
 
     // Baselines on the same customers and folds.
-    let x = numeric_column(&rows, "repeat_purchase_days")?;
     let recency = numeric_column(&rows, "days_since_purchase")?;
     let age = numeric_column(&rows, "days_since_first_purchase")?;
     let span = numeric_column(&rows, "purchase_span_days")?;
