@@ -361,14 +361,11 @@ pub async fn eval_cdnow(
         .collect();
     let mut p_rfm = vec![0.0; n];
     for k in 0..folds {
-        let (train_rows, train_y): (Vec<f64>, Vec<bool>) = (0..n)
-            .filter(|&i| fold_of[i] != k)
-            .map(|i| (&rfm[i * 4..i * 4 + 4], bought[i]))
-            .fold((Vec::new(), Vec::new()), |(mut r, mut y), (row, b)| {
-                r.extend_from_slice(row);
-                y.push(b);
-                (r, y)
-            });
+        let (mut train_rows, mut train_y) = (Vec::new(), Vec::new());
+        for i in (0..n).filter(|&i| fold_of[i] != k) {
+            train_rows.extend_from_slice(&rfm[i * 4..i * 4 + 4]);
+            train_y.push(bought[i]);
+        }
         let fitted = Logistic::fit(&train_rows, 4, &train_y, 1e-3)
             .map_err(|e| TrainError::InvalidJob(format!("logistic regression: {e}")))?;
         for i in (0..n).filter(|&i| fold_of[i] == k) {
