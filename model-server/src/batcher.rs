@@ -186,7 +186,15 @@ impl Batcher {
             reply,
         });
         drop(state);
-        self.queue.ready.notify_all();
+        if self.config.max_queue_delay.is_zero() {
+            // One idle instance is enough: it takes the job (and everything
+            // queued with it) and passes the wake-up on if work is left.
+            self.queue.ready.notify_one();
+        } else {
+            // A leader may be waiting out its window for the batch to fill:
+            // it must hear of every arrival, not only an idle instance.
+            self.queue.ready.notify_all();
+        }
         Ok(receiver)
     }
 
