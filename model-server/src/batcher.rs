@@ -186,15 +186,10 @@ impl Batcher {
             reply,
         });
         drop(state);
-        if self.config.max_queue_delay.is_zero() {
-            // One idle instance is enough: it takes the job (and everything
-            // queued with it) and passes the wake-up on if work is left.
-            self.queue.ready.notify_one();
-        } else {
-            // A leader may be waiting out its window for the batch to fill:
-            // it must hear of every arrival, not only an idle instance.
-            self.queue.ready.notify_all();
-        }
+        // One waiting instance is enough: every waiter runs the same checks
+        // (work queued? window over or batch full?), so whichever wakes takes
+        // the batch when it is due, and passes the wake-up on if work is left.
+        self.queue.ready.notify_one();
         Ok(receiver)
     }
 
@@ -428,5 +423,120 @@ impl Worker {
                 )));
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::HistogramOpts;
+
+    fn metrics() -> BatchMetrics {
+        let histogram = |name: &str| Histogram::with_opts(HistogramOpts::new(name, name)).unwrap();
+        BatchMetrics {
+            queue: histogram("queue"),
+            inference: histogram("inference"),
+            batch_size: histogram("batch_size"),
+            ok: IntCounter::new("ok", "ok").unwrap(),
+            failed: IntCounter::new("failed", "failed").unwrap(),
+        }
+    }
+
+    /// A traced module that doubles its one input.
+    fn doubler() -> Result<CModule> {
+        CModule::create_by_tracing(
+            "doubler",
+            "forward",
+            &[Tensor::zeros([1, 2], tch::kind::FLOAT_CPU)],
+            &mut |x| vec![&x[0] * 2.0],
+        )
+        .map_err(|e| Error::Internal(e.to_string()))
+    }
+
+    fn start(config: BatchConfig, metrics: BatchMetrics) -> Batcher {
+        let signature = Signature {
+            batched: vec![true],
+            outputs: 1,
+            retrieval: None,
+        };
+        Batcher::start(
+            "doubler".into(),
+            config,
+            signature,
+            metrics,
+            Device::Cpu,
+            doubler,
+        )
+        .unwrap()
+    }
+
+    /// Many clients against two instances with no queue delay (a request
+    /// wakes one idle instance): every request is answered, within a bound
+    /// that a lost wake-up would exceed, with its own rows.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_request_is_answered_with_its_own_rows() {
+        let batcher = Arc::new(start(BatchConfig::default(), metrics()));
+        let clients: Vec<_> = (0..8)
+            .map(|client| {
+                let batcher = batcher.clone();
+                tokio::spawn(async move {
+                    for i in 0..200 {
+                        let rows = 1 + (client + i) % 3;
+                        let value = (client * 1000 + i) as f32;
+                        let input =
+                            Tensor::full([rows as i64, 2], value as f64, tch::kind::FLOAT_CPU);
+                        let reply = batcher.submit(vec![input], rows, 0, None).unwrap();
+                        let out = tokio::time::timeout(Duration::from_secs(20), reply)
+                            .await
+                            .expect("no answer: a lost wake-up?")
+                            .unwrap()
+                            .unwrap();
+                        assert_eq!(out[0].size(), vec![rows as i64, 2]);
+                        let values = Vec::<f32>::try_from(out[0].flatten(0, 1)).unwrap();
+                        assert!(
+                            values.iter().all(|&v| v == 2.0 * value),
+                            "{values:?} for {value}"
+                        );
+                    }
+                })
+            })
+            .collect();
+        for client in clients {
+            client.await.unwrap();
+        }
+    }
+
+    /// With a queue delay, requests arriving within the window share one
+    /// `forward`, which starts as soon as the batch is full.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_within_the_window_share_one_forward() {
+        let m = metrics();
+        let config = BatchConfig {
+            max_batch_size: 6,
+            max_queue_delay: Duration::from_secs(30),
+            ..Default::default()
+        };
+        let batcher = start(config, m.clone());
+        let replies: Vec<_> = (0..6)
+            .map(|i| {
+                let input = Tensor::full([1, 2], i as f64, tch::kind::FLOAT_CPU);
+                batcher.submit(vec![input], 1, 0, None).unwrap()
+            })
+            .collect();
+        for (i, reply) in replies.into_iter().enumerate() {
+            // Far below the 30 s window: the full batch did not wait it out.
+            let out = tokio::time::timeout(Duration::from_secs(10), reply)
+                .await
+                .expect("a full batch waited for its window")
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                Vec::<f32>::try_from(out[0].flatten(0, 1)).unwrap(),
+                vec![2.0 * i as f32; 2]
+            );
+        }
+        assert_eq!(m.batch_size.get_sample_count(), 1);
+        assert_eq!(m.batch_size.get_sample_sum(), 6.0);
+        assert_eq!(m.ok.get(), 1);
     }
 }
