@@ -269,15 +269,17 @@ struct Net {
     std: Tensor,
     wide: nn::Linear,
     /// Categorical fields: one table for all of them, field k's codes
-    /// starting at `code_offsets[k]`, codes clamped to `[0, code_max[k]]`.
-    embeddings: nn::Embedding,
+    /// starting at `code_offsets[k]`, codes clamped to `[0, code_max[k]]`
+    /// (none without categorical fields).
+    embeddings: Option<nn::Embedding>,
     code_offsets: Tensor,
     code_max: Tensor,
     /// Crossed pairs (i, j) of fields in the wide part: one 1-wide table
     /// for all pairs, pair p's cell for codes (a, b) at
     /// `cross_offsets[p] + a * cross_stride[p] + b` with a the code of field
-    /// `cross_first[p]` and b of `cross_second[p]`.
-    crosses: nn::Embedding,
+    /// `cross_first[p]` and b of `cross_second[p]` (none with fewer than two
+    /// fields).
+    crosses: Option<nn::Embedding>,
     cross_first: Tensor,
     cross_second: Tensor,
     cross_stride: Tensor,
@@ -337,16 +339,19 @@ impl Net {
                 cells.push(cardinalities[i] * cardinalities[j]);
             }
         }
-        let embeddings = embedding(
-            "embeddings",
-            cardinalities.iter().sum(),
-            cfg.embedding_dim,
-            nn::Init::Randn {
-                mean: 0.0,
-                stdev: 0.1,
-            },
-        );
-        let crosses = embedding("crosses", cells.iter().sum(), 1, nn::Init::Const(0.0));
+        let embeddings = (!cardinalities.is_empty()).then(|| {
+            embedding(
+                "embeddings",
+                cardinalities.iter().sum(),
+                cfg.embedding_dim,
+                nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: 0.1,
+                },
+            )
+        });
+        let crosses = (!cells.is_empty())
+            .then(|| embedding("crosses", cells.iter().sum(), 1, nn::Init::Const(0.0)));
         let code_offsets = index(starts(&cardinalities));
         let code_max = index(cardinalities.iter().map(|c| c - 1).collect());
         let cross_offsets = index(starts(&cells));
@@ -395,19 +400,18 @@ impl Net {
         } else {
             Tensor::zeros([numeric.size()[0], 1], (Kind::Float, numeric.device()))
         };
-        if !self.cardinalities.is_empty() {
+        if let Some(embeddings) = &self.embeddings {
             // [N, C] codes, each within its field's range
             let codes = categorical.clamp_min(0).minimum(&self.code_max);
             // [N, C, D] → [N, C × D], field by field
-            let embedded = self.embeddings.forward(&(&codes + &self.code_offsets));
+            let embedded = embeddings.forward(&(&codes + &self.code_offsets));
             deep_in.push(embedded.flatten(1, 2));
-            if self.cross_offsets.numel() > 0 {
+            if let Some(crosses) = &self.crosses {
                 let cells = codes.index_select(1, &self.cross_first) * &self.cross_stride
                     + codes.index_select(1, &self.cross_second)
                     + &self.cross_offsets;
                 // [N, P, 1] → [N, 1]
-                wide += self
-                    .crosses
+                wide += crosses
                     .forward(&cells)
                     .sum_dim_intlist(1, false, Kind::Float);
             }
@@ -559,9 +563,10 @@ pub fn train(
     let fingerprint = serde_json::json!({
         "model": "churn",
         // The network's variable layout: 2 since the categorical fields and
-        // crossed pairs share one table each. A checkpoint of another
+        // crossed pairs share one table each, 3 since those tables exist only
+        // when there are fields (pairs) to hold. A checkpoint of another
         // layout is ignored (training starts over) rather than failing to load.
-        "layout": 2,
+        "layout": 3,
         "numeric": schema.numeric,
         "categorical": schema.categorical,
         "horizons": schema.horizons,
@@ -794,6 +799,56 @@ mod tests {
         let mean = Vec::<f32>::try_from(squashed.mean_dim(0, false, Kind::Float)).unwrap();
         for (got, want) in model.mean.iter().zip(&mean) {
             assert!((got - want).abs() < 1e-5, "{:?} vs {mean:?}", model.mean);
+        }
+    }
+
+    /// The shared categorical and cross tables exist only when there are
+    /// fields (pairs of fields) to hold: no unused variables, and none drawn
+    /// from the seed's random stream.
+    #[test]
+    fn tables_exist_only_for_the_fields_there_are() {
+        let _rng = serial();
+        for fields in 0..3i64 {
+            let data = |n, seed| {
+                let mut d = rows(n, seed);
+                d.categorical = Tensor::randint(3, [n, fields], (Kind::Int64, Device::Cpu));
+                d
+            };
+            let mut schema = schema();
+            schema.categorical = (0..fields).map(|k| (format!("c{k}"), 3)).collect();
+            let cfg = ChurnConfig {
+                epochs: 1,
+                ..Default::default()
+            };
+            let (train_rows, validation) = (data(600, 1), data(200, 2));
+            let model = train(
+                schema,
+                &train_rows,
+                &validation,
+                &cfg,
+                Device::Cpu,
+                &TrainControl::default(),
+                |_| true,
+            )
+            .unwrap();
+            let vars = model.vs.variables();
+            let rows_of = |name: &str| vars.get(name).map(|t| t.size()[0]);
+            let want_embeddings = (fields > 0).then_some(3 * fields);
+            let want_crosses = (fields == 2).then_some(9);
+            assert_eq!(
+                rows_of("embeddings.weight"),
+                want_embeddings,
+                "{fields} fields: {:?}",
+                vars.keys()
+            );
+            assert_eq!(
+                rows_of("crosses.weight"),
+                want_crosses,
+                "{fields} fields: {:?}",
+                vars.keys()
+            );
+            let p = model.predict(&validation.numeric, &validation.categorical);
+            assert_eq!(p.size(), vec![200, 2]);
         }
     }
 
