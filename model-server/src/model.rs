@@ -518,14 +518,23 @@ fn index_items(
     let devices: Vec<i64> = (0..rows as i64)
         .map(|i| i % (manifest.devices.len() as i64 + 1))
         .collect();
-    let args = [
-        Tensor::from_slice(&features).view([rows as i64, width as i64]),
-        Tensor::from_slice(&hours),
-        Tensor::from_slice(&devices),
-        Tensor::from_slice(&[16i64]),
-    ]
-    .map(IValue::Tensor);
-    match tch::no_grad(|| retrieval.check(module, &args)) {
+    // A top-1, a page-sized and a long list (at most every item: a module's
+    // top-k may refuse more): each k fills and prunes the index's candidate
+    // heap differently.
+    let items = retrieval.index().len() as i64;
+    let probe = |k: i64| {
+        let k = k.min(items).max(1);
+        let args = [
+            Tensor::from_slice(&features).view([rows as i64, width as i64]),
+            Tensor::from_slice(&hours),
+            Tensor::from_slice(&devices),
+            Tensor::from_slice(&[k]),
+        ]
+        .map(IValue::Tensor);
+        tch::no_grad(|| retrieval.check(module, &args))
+            .map_err(|reason| format!("k = {k}: {reason}"))
+    };
+    match [1, 16, 128].into_iter().try_for_each(probe) {
         Ok(()) => {
             let index = retrieval.index();
             info!(
