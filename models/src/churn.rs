@@ -769,6 +769,25 @@ mod tests {
         }
     }
 
+    /// Trains on the CPU without checkpoints, cancel flag or early exit.
+    fn train_plain(
+        schema: ChurnSchema,
+        train_rows: &ChurnData,
+        validation: &ChurnData,
+        cfg: &ChurnConfig,
+    ) -> TrainedChurn {
+        train(
+            schema,
+            train_rows,
+            validation,
+            cfg,
+            Device::Cpu,
+            &TrainControl::default(),
+            |_| true,
+        )
+        .unwrap()
+    }
+
     #[test]
     fn learns_a_planted_signal_with_monotone_heads() {
         let _rng = serial();
@@ -777,16 +796,7 @@ mod tests {
             epochs: 8,
             ..Default::default()
         };
-        let model = train(
-            schema(),
-            &train_rows,
-            &validation,
-            &cfg,
-            Device::Cpu,
-            &TrainControl::default(),
-            |_| true,
-        )
-        .unwrap();
+        let model = train_plain(schema(), &train_rows, &validation, &cfg);
         let m = model.evaluate(&rows(2_000, 3)).unwrap();
         assert!(m[1].auc > 0.8, "{m:?}");
         assert!(m[1].ece < 0.1, "{m:?}");
@@ -821,16 +831,7 @@ mod tests {
                 ..Default::default()
             };
             let (train_rows, validation) = (data(600, 1), data(200, 2));
-            let model = train(
-                schema,
-                &train_rows,
-                &validation,
-                &cfg,
-                Device::Cpu,
-                &TrainControl::default(),
-                |_| true,
-            )
-            .unwrap();
+            let model = train_plain(schema, &train_rows, &validation, &cfg);
             let vars = model.vs.variables();
             let rows_of = |name: &str| vars.get(name).map(|t| t.size()[0]);
             let want_embeddings = (fields > 0).then_some(3 * fields);
