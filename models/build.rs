@@ -31,6 +31,7 @@ fn main() {
 fn compile_script_shim(lib: &Path) {
     println!("cargo:rerun-if-changed=cpp/script_module.cpp");
     println!("cargo:rerun-if-changed=cpp/fused_adamw.cpp");
+    println!("cargo:rerun-if-changed=cpp/shim.h");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     let include = lib.parent().map(|p| p.join("include")).unwrap_or_default();
     // PyTorch wheels since 2.7 use the new C++ ABI; LIBTORCH_CXX11_ABI=0

@@ -8,9 +8,9 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
-#include <cstdio>
-#include <exception>
 #include <vector>
+
+#include "shim.h"
 
 namespace {
 std::vector<at::Tensor> tensors(void *const *ptrs, int count) {
@@ -28,7 +28,7 @@ extern "C" int encore_fused_adamw_step(void *const *params, void *const *grads,
                                        void *const *steps, int count, double lr,
                                        double beta1, double beta2, double weight_decay,
                                        double eps, char *error, size_t error_len) {
-  try {
+  return encore::guarded(error, error_len, [&] {
     at::NoGradGuard no_grad;
     auto p = tensors(params, count);
     auto g = tensors(grads, count);
@@ -38,13 +38,7 @@ extern "C" int encore_fused_adamw_step(void *const *params, void *const *grads,
     at::_foreach_add_(s, 1);
     at::_fused_adamw_(p, g, m, v, /*max_exp_avg_sqs=*/{}, s, lr, beta1, beta2, weight_decay,
                       eps, /*amsgrad=*/false, /*maximize=*/false);
-    return 0;
-  } catch (const std::exception &e) {
-    std::snprintf(error, error_len, "%s", e.what());
-  } catch (...) {
-    std::snprintf(error, error_len, "unknown C++ exception");
-  }
-  return 1;
+  });
 }
 
 extern "C" void encore_grads_to_none(void *const *params, int count) {

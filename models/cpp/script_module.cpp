@@ -7,15 +7,15 @@
 
 #include <torch/script.h>
 
-#include <cstdio>
-#include <exception>
 #include <string>
+
+#include "shim.h"
 
 extern "C" int encore_script_module_save(const char *type_name, const char *source,
                                          const char *const *names, void *const *tensors,
                                          int count, const char *path, char *error,
                                          size_t error_len) {
-  try {
+  return encore::guarded(error, error_len, [&] {
     torch::jit::Module module(type_name);
     for (int i = 0; i < count; ++i) {
       const auto &tensor = *static_cast<const torch::Tensor *>(tensors[i]);
@@ -24,11 +24,5 @@ extern "C" int encore_script_module_save(const char *type_name, const char *sour
     module.define(source);
     module.eval();
     module.save(path);
-    return 0;
-  } catch (const std::exception &e) {
-    std::snprintf(error, error_len, "%s", e.what());
-  } catch (...) {
-    std::snprintf(error, error_len, "unknown C++ exception");
-  }
-  return 1;
+  });
 }

@@ -15,6 +15,7 @@ pub mod recommend;
 pub mod registry;
 #[allow(unsafe_code)] // the one FFI call into cpp/script_module.cpp
 pub mod script;
+mod shim;
 pub mod tensor;
 
 pub use error::{Error, Result};

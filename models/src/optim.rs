@@ -19,6 +19,7 @@ use std::ffi::{c_char, c_int, c_void};
 use tch::{Kind, Tensor, nn};
 
 use crate::error::{Error, Result};
+use crate::shim::{self, c_count};
 
 unsafe extern "C" {
     fn encore_fused_adamw_step(
@@ -102,8 +103,7 @@ impl AdamW {
     /// Resets the gradients, back-propagates `loss` and takes one step.
     pub fn backward_step(&mut self, loss: &Tensor) -> Result<()> {
         let params = pointers(self.slots.iter().map(|s| &s.param));
-        let count = c_int::try_from(params.len())
-            .map_err(|_| Error::InvalidConfig(format!("{} parameters", params.len())))?;
+        let count = c_count(params.len(), "parameters")?;
         // SAFETY: the pointers are the slots' tensors (tch's C_tensor is an
         // at::Tensor*), alive for the call; the shim resets their gradients.
         unsafe { encore_grads_to_none(params.as_ptr(), count) };
@@ -130,37 +130,33 @@ impl AdamW {
         let exp_avgs = pointers(live.iter().map(|s| &s.exp_avg));
         let exp_avg_sqs = pointers(live.iter().map(|s| &s.exp_avg_sq));
         let steps = pointers(live.iter().map(|s| &s.step));
-        let count = c_int::try_from(params.len())
-            .map_err(|_| Error::InvalidConfig(format!("{} parameters", params.len())))?;
-        let mut error = vec![0u8; 4096];
-        // SAFETY: five arrays of `count` valid at::Tensor pointers that
-        // outlive the call (the slots and `grads` above); the shim updates
-        // the tensors in place and writes at most `error.len()` bytes,
-        // NUL-terminated, into `error`.
-        let rc = unsafe {
-            encore_fused_adamw_step(
-                params.as_ptr(),
-                grads.as_ptr(),
-                exp_avgs.as_ptr(),
-                exp_avg_sqs.as_ptr(),
-                steps.as_ptr(),
-                count,
-                self.lr,
-                self.beta1,
-                self.beta2,
-                self.weight_decay,
-                self.eps,
-                error.as_mut_ptr().cast(),
-                error.len(),
-            )
-        };
-        if rc == 0 {
-            return Ok(());
-        }
-        Err(Error::Torch(tch::TchError::Torch(format!(
-            "fused AdamW step: {}",
-            crate::script::c_message(&error)
-        ))))
+        let count = c_count(params.len(), "parameters")?;
+        shim::call(|error, error_len| {
+            // SAFETY: five arrays of `count` valid at::Tensor pointers that
+            // outlive the call (the slots and `grads` above); the shim
+            // updates the tensors in place and writes at most `error_len`
+            // bytes, NUL-terminated, into `error`.
+            unsafe {
+                encore_fused_adamw_step(
+                    params.as_ptr(),
+                    grads.as_ptr(),
+                    exp_avgs.as_ptr(),
+                    exp_avg_sqs.as_ptr(),
+                    steps.as_ptr(),
+                    count,
+                    self.lr,
+                    self.beta1,
+                    self.beta2,
+                    self.weight_decay,
+                    self.eps,
+                    error,
+                    error_len,
+                )
+            }
+        })
+        .map_err(|message| {
+            Error::Torch(tch::TchError::Torch(format!("fused AdamW step: {message}")))
+        })
     }
 }
 

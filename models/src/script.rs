@@ -49,35 +49,26 @@ pub fn save(type_name: &str, source: &str, buffers: &[(&str, &Tensor)], path: &P
         .iter()
         .map(|(_, t)| t.as_ptr() as *mut c_void)
         .collect();
-    let count = c_int::try_from(buffers.len())
-        .map_err(|_| Error::InvalidConfig(format!("{} buffers", buffers.len())))?;
-    let mut error = vec![0u8; 4096];
-    // SAFETY: every pointer is valid for the call (the CStrings and tensors
-    // outlive it); the shim reads the tensors (as torch::Tensor*, which is
-    // what tch's C_tensor is), copies them and writes at most `error.len()`
-    // bytes, NUL-terminated, into `error`.
-    let rc = unsafe {
-        encore_script_module_save(
-            type_name.as_ptr(),
-            source.as_ptr(),
-            name_ptrs.as_ptr(),
-            tensor_ptrs.as_ptr(),
-            count,
-            path_c.as_ptr(),
-            error.as_mut_ptr().cast(),
-            error.len(),
-        )
-    };
-    if rc == 0 {
-        return Ok(());
-    }
-    Err(Error::Script(c_message(&error)))
-}
-
-/// The NUL-terminated message a C++ shim wrote into `buffer`.
-pub(crate) fn c_message(buffer: &[u8]) -> String {
-    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
-    String::from_utf8_lossy(&buffer[..end]).into_owned()
+    let count = crate::shim::c_count(buffers.len(), "buffers")?;
+    crate::shim::call(|error, error_len| {
+        // SAFETY: every pointer is valid for the call (the CStrings and
+        // tensors outlive it); the shim reads the tensors (as torch::Tensor*,
+        // which is what tch's C_tensor is), copies them and writes at most
+        // `error_len` bytes, NUL-terminated, into `error`.
+        unsafe {
+            encore_script_module_save(
+                type_name.as_ptr(),
+                source.as_ptr(),
+                name_ptrs.as_ptr(),
+                tensor_ptrs.as_ptr(),
+                count,
+                path_c.as_ptr(),
+                error,
+                error_len,
+            )
+        }
+    })
+    .map_err(Error::Script)
 }
 
 #[cfg(test)]
