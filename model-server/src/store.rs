@@ -268,7 +268,6 @@ impl ModelStore {
         })
     }
 
-    /// Loads one version (blocking: run it off the async threads).
     /// Marks `version` of `name` as being loaded until the guard drops.
     fn loading(&self, name: &str, version: u64) -> Loading<'_> {
         let key = (name.to_string(), version);
@@ -281,6 +280,7 @@ impl ModelStore {
         Loading { store: self, key }
     }
 
+    /// Loads one version (blocking: run it off the async threads).
     fn load_version(&self, name: &str, version: u64) -> Result<Arc<ServedModel>> {
         let _loading = self.loading(name, version);
         let started = Instant::now();

@@ -308,7 +308,7 @@ impl Net {
         let embedding = |name: &str, n: i64, dim: i64, init: nn::Init| {
             nn::embedding(
                 vs / name,
-                n.max(1),
+                n,
                 dim,
                 nn::EmbeddingConfig {
                     ws_init: init,
