@@ -29,6 +29,7 @@ use tch::nn::{self, Module};
 use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::checkpoint::{self, CheckpointState};
+use crate::dropout::dropout;
 use crate::error::{Error, Result};
 use crate::metrics;
 
@@ -418,7 +419,7 @@ impl Net {
         }
         let mut x = Tensor::cat(&deep_in, 1);
         for layer in &self.hidden {
-            x = layer.forward(&x).relu().dropout(self.dropout, train);
+            x = dropout(&layer.forward(&x).relu(), self.dropout, train);
         }
         let raw = self.out.forward(&x) + wide;
         let heads = raw.size()[1];

@@ -7,6 +7,8 @@
 pub mod baseline;
 pub mod checkpoint;
 pub mod churn;
+#[allow(unsafe_code)] // the FFI call into cpp/dropout.cpp
+pub mod dropout;
 pub mod error;
 pub mod metrics;
 #[allow(unsafe_code)] // the FFI calls into cpp/fused_adamw.cpp
