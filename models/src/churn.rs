@@ -399,7 +399,9 @@ impl Net {
         let mut wide = if self.numeric > 0 {
             self.wide.forward(&z)
         } else {
-            Tensor::zeros([numeric.size()[0], 1], (Kind::Float, numeric.device()))
+            // [N, 1] zeros, from z so that a trace keeps neither this
+            // batch's size nor its device.
+            z.sum_dim_intlist(1, true, Kind::Float)
         };
         if let Some(embeddings) = &self.embeddings {
             // [N, C] codes, each within its field's range
@@ -434,9 +436,12 @@ impl Net {
     /// The exported contract: `[N, F + C]` floats in, `[N, H]` probabilities out.
     fn score(&self, x: &Tensor) -> Tensor {
         let numeric = x.narrow(1, 0, self.numeric);
+        // `to_dtype`, not `to_kind`: the latter is traced with the device
+        // of the example, and a module that moves its input to the CPU
+        // fails when served on a GPU (and the other way round).
         let categorical = x
             .narrow(1, self.numeric, self.cardinalities.len() as i64)
-            .to_kind(Kind::Int64);
+            .to_dtype(Kind::Int64, false, false);
         self.logits(&numeric, &categorical, false).sigmoid()
     }
 }
@@ -770,6 +775,21 @@ mod tests {
         }
     }
 
+    /// The Python code of a saved TorchScript module (the archive's
+    /// `code/*.py` entries).
+    fn torchscript_code(path: &Path) -> String {
+        use std::io::Read;
+        let mut archive = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
+        let mut code = String::new();
+        for i in 0..archive.len() {
+            let mut entry = archive.by_index(i).unwrap();
+            if entry.name().contains("/code/") && entry.name().ends_with(".py") {
+                entry.read_to_string(&mut code).unwrap();
+            }
+        }
+        code
+    }
+
     /// Trains on the CPU without checkpoints, cancel flag or early exit.
     fn train_plain(
         schema: ChurnSchema,
@@ -873,35 +893,52 @@ mod tests {
             epochs: 2,
             ..Default::default()
         };
-        let model = train(
-            schema(),
-            &rows(500, 4),
-            &rows(200, 5),
-            &cfg,
-            Device::Cpu,
-            &TrainControl::default(),
-            |_| true,
-        )
-        .unwrap();
-        let path = dir.path().join("model.pt");
-        model.export(&path).unwrap();
-        let module = tch::CModule::load(&path).unwrap();
-        let data = rows(7, 6);
-        let x = Tensor::cat(
-            &[
-                data.numeric.shallow_clone(),
-                data.categorical.to_kind(Kind::Float),
-            ],
-            1,
-        );
-        let out = module.forward_ts(&[x]).unwrap();
-        assert_eq!(out.size(), [7, 2]);
-        let expected = model.predict(&data.numeric, &data.categorical);
-        let diff = (out - expected).abs().max().double_value(&[]);
-        assert!(diff < 1e-5, "the TorchScript module differs by {diff}");
-        // Batch size is not baked into the trace.
-        let wide = Tensor::zeros([33, 5], (Kind::Float, Device::Cpu));
-        assert_eq!(module.forward_ts(&[wide]).unwrap().size(), [33, 2]);
+        // The usual schema, and one with categorical fields alone (the
+        // wide part then has no numeric input).
+        let no_numeric = |d: ChurnData| ChurnData {
+            numeric: d.numeric.narrow(1, 0, 0),
+            ..d
+        };
+        let categorical_only = ChurnSchema {
+            numeric: vec![],
+            ..schema()
+        };
+        for (schema, keep) in [
+            (schema(), (|d| d) as fn(ChurnData) -> ChurnData),
+            (categorical_only, no_numeric),
+        ] {
+            let columns = schema.numeric.len() + schema.categorical.len();
+            let model = train_plain(schema, &keep(rows(500, 4)), &keep(rows(200, 5)), &cfg);
+            let path = dir.path().join(format!("model-{columns}.pt"));
+            model.export(&path).unwrap();
+            let module = tch::CModule::load(&path).unwrap();
+            // Batch size is not baked into the trace: 7 rows, then 33.
+            for n in [7, 33] {
+                let data = keep(rows(n, 6));
+                let x = Tensor::cat(
+                    &[
+                        data.numeric.shallow_clone(),
+                        data.categorical.to_kind(Kind::Float),
+                    ],
+                    1,
+                );
+                let out = module.forward_ts(&[x]).unwrap();
+                assert_eq!(out.size(), [n, 2]);
+                let expected = model.predict(&data.numeric, &data.categorical);
+                let diff = (out - expected).abs().max().double_value(&[]);
+                assert!(
+                    diff < 1e-5,
+                    "{columns} columns, {n} rows: the module differs by {diff}"
+                );
+            }
+            // Nor is a device: the module runs wherever it is loaded.
+            let code = torchscript_code(&path);
+            assert!(code.contains("def forward"), "no code in {code}");
+            assert!(
+                !code.contains("torch.device("),
+                "{columns} columns: the traced code names a device:\n{code}"
+            );
+        }
     }
 
     #[test]
