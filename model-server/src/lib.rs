@@ -33,6 +33,6 @@ pub mod tls;
 pub use auth::BearerToken;
 pub use batcher::BatchConfig;
 pub use error::{Error, Result};
-pub use server::{ModelServerConfig, ModelServerHandle, start_model_server};
+pub use server::{ModelServerConfig, ModelServerHandle, parse_device, start_model_server};
 pub use store::Split;
 pub use tls::TlsFiles;

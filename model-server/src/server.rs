@@ -45,6 +45,10 @@ pub struct ModelServerConfig {
     pub poll_interval: std::time::Duration,
     /// libtorch intra-op threads per model instance (0 keeps libtorch's default).
     pub torch_threads: usize,
+    /// Where models run: `None` for CUDA when libtorch sees a GPU, else the
+    /// CPU. Small models answer single requests faster on the CPU (a GPU
+    /// pays kernel launches and copies per call), large ones on a GPU.
+    pub device: Option<tch::Device>,
     /// When set, gRPC calls need `authorization: Bearer <token>`.
     pub auth_token: Option<BearerToken>,
     /// When set, the port speaks TLS (gRPC over h2, HTTPS for /metrics...).
@@ -66,6 +70,7 @@ impl Default for ModelServerConfig {
             splits: Default::default(),
             poll_interval: std::time::Duration::from_secs(5),
             torch_threads: 1,
+            device: None,
             auth_token: None,
             tls: None,
             item_index: true,
@@ -121,8 +126,38 @@ fn http_routes(store: Arc<ModelStore>, metrics: Arc<ServerMetrics>) -> axum::Rou
         )
 }
 
+/// A `--device` value: `auto` (`None`: CUDA when libtorch sees a GPU, else
+/// the CPU), `cpu`, `cuda` (the first GPU) or `cuda:N`.
+pub fn parse_device(text: &str) -> Result<Option<tch::Device>> {
+    let bad = || {
+        Error::InvalidArgument(format!(
+            "device '{text}': expected auto, cpu, cuda or cuda:N"
+        ))
+    };
+    Ok(match text.trim().to_ascii_lowercase().as_str() {
+        "auto" => None,
+        "cpu" => Some(tch::Device::Cpu),
+        "cuda" => Some(tch::Device::Cuda(0)),
+        other => {
+            let index = other.strip_prefix("cuda:").ok_or_else(bad)?;
+            Some(tch::Device::Cuda(index.parse().map_err(|_| bad())?))
+        }
+    })
+}
+
 /// Loads the configured models, binds, and serves KServe v2 gRPC and HTTP on one port.
 pub async fn start_model_server(config: ModelServerConfig) -> Result<ModelServerHandle> {
+    // A device that is not there fails before anything loads.
+    let device = match config.device {
+        None => encore_models::default_device(),
+        Some(tch::Device::Cuda(i)) if i >= tch::Cuda::device_count() as usize => {
+            return Err(Error::InvalidArgument(format!(
+                "device cuda:{i}: libtorch sees {} CUDA device(s)",
+                tch::Cuda::device_count()
+            )));
+        }
+        Some(device) => device,
+    };
     let registry = Registry::open(&config.registry)?;
     let metrics =
         Arc::new(ServerMetrics::new().map_err(|e| Error::Internal(format!("metrics: {e}")))?);
@@ -136,7 +171,7 @@ pub async fn start_model_server(config: ModelServerConfig) -> Result<ModelServer
         StoreConfig {
             batch: config.batch,
             splits: config.splits.clone(),
-            device: encore_models::default_device(),
+            device,
             item_index: config.item_index,
         },
         metrics.clone(),
@@ -185,7 +220,7 @@ pub async fn start_model_server(config: ModelServerConfig) -> Result<ModelServer
             encore_common::metrics::record_grpc,
         ))
         .merge(http_routes(store, metrics));
-    info!(%addr, models = ?models, "encore model server listening");
+    info!(%addr, models = ?models, device = ?device, "encore model server listening");
 
     let server = match tls {
         Some(acceptor) => {
@@ -224,4 +259,38 @@ where
         poller.abort();
     }
     served
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_values() {
+        assert_eq!(parse_device("auto").unwrap(), None);
+        assert_eq!(parse_device("CPU").unwrap(), Some(tch::Device::Cpu));
+        assert_eq!(parse_device("cuda").unwrap(), Some(tch::Device::Cuda(0)));
+        assert_eq!(parse_device("cuda:3").unwrap(), Some(tch::Device::Cuda(3)));
+        for bad in ["gpu", "cuda:", "cuda:x", "cuda:-1", ""] {
+            let message = parse_device(bad).unwrap_err().to_string();
+            assert!(
+                message.contains(&format!("'{bad}'")) && message.contains("cuda:N"),
+                "{bad}: {message}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_gpu_fails_the_start_naming_it() {
+        let config = ModelServerConfig {
+            device: Some(tch::Device::Cuda(64)),
+            registry: "/nonexistent/registry".into(),
+            ..Default::default()
+        };
+        let message = start_model_server(config).await.err().unwrap().to_string();
+        assert!(
+            message.contains("cuda:64") && message.contains("CUDA device"),
+            "{message}"
+        );
+    }
 }
