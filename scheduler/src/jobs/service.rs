@@ -112,6 +112,30 @@ fn event_of(job: &Job, state_changed: bool, message: String) -> JobEvent {
     }
 }
 
+/// What the event of a finished job's last transition says: the error of a
+/// failed or cancelled job, the registered model of a successful one.
+fn outcome_message(job: &Job) -> String {
+    match job.state() {
+        JobState::Failed | JobState::Cancelled => job.error.clone(),
+        JobState::Succeeded => match &job.registered_model {
+            Some(m) => format!("registered {} v{}", m.name, m.version),
+            None => "succeeded".into(),
+        },
+        _ => String::new(),
+    }
+}
+
+/// A watch's first event: the job as stored. For a job that has already
+/// finished (a bad job can fail before its submitter starts watching) it
+/// says what the live event of that ending said, metrics included.
+fn snapshot_event(job: &Job) -> JobEvent {
+    let mut event = event_of(job, true, outcome_message(job));
+    if job.state() == JobState::Succeeded {
+        event.metrics = job.metrics.clone();
+    }
+    event
+}
+
 impl JobService {
     /// A service over `store`; `transitions` counts state changes.
     pub fn new(store: JobStore, settings: JobSettings, transitions: TransitionCounter) -> Self {
@@ -405,7 +429,7 @@ impl Jobs for JobService {
         let (tx, rx) = mpsc::channel::<Result<JobEvent, Status>>(64);
         let service = self.clone();
         tokio::spawn(async move {
-            let mut next = event_of(&record.job, true, String::new());
+            let mut next = snapshot_event(&record.job);
             loop {
                 let done = is_terminal(next.state()) && next.state_changed;
                 if tx.send(Ok(next)).await.is_err() || done {
@@ -551,11 +575,7 @@ impl JobWorker for JobService {
                 r.job.metrics = req.metrics.clone();
                 r.job.registered_model = req.registered_model.clone();
                 r.job.error.clear();
-                let message = match &req.registered_model {
-                    Some(m) => format!("registered {} v{}", m.name, m.version),
-                    None => "succeeded".into(),
-                };
-                (message, req.metrics)
+                (outcome_message(&r.job), req.metrics)
             }
             JobOutcome::Cancelled => {
                 r.job.set_state(JobState::Cancelled);
@@ -585,5 +605,109 @@ impl JobWorker for JobService {
         info!(job = %r.job.id, state = state_name(r.job.state()), "{message}");
         self.save(&store, &r, true, message, metrics)?;
         Ok(Response::new(CompleteJobResponse { job: Some(r.job) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use encore_proto::encore::v1::{
+        ClaimJobRequest, CompleteJobRequest, JobKind, JobOutcome, JobSpec, RegisteredModel,
+        SubmitJobRequest, WatchJobRequest,
+    };
+    use futures::StreamExt;
+
+    use super::*;
+
+    fn service() -> JobService {
+        let transitions =
+            prometheus::IntCounterVec::new(prometheus::Opts::new("t", "t"), &["state"]).unwrap();
+        let settings = JobSettings {
+            lease: Duration::from_secs(30),
+            defaults: Defaults {
+                registry: Some("/tmp/registry".into()),
+                max_attempts: 1,
+            },
+        };
+        JobService::new(JobStore::in_memory().unwrap(), settings, transitions)
+    }
+
+    /// Submits a churn job, claims it and ends it with `outcome`.
+    async fn finished(jobs: &JobService, outcome: JobOutcome, error: &str) -> String {
+        let spec = JobSpec {
+            data_uri: "/tmp/data".into(),
+            cutoff: "2026-02-15".into(),
+            ..Default::default()
+        };
+        let id = Jobs::submit_job(
+            jobs,
+            Request::new(SubmitJobRequest {
+                kind: JobKind::Churn as i32,
+                spec: Some(spec),
+            }),
+        )
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+        let claim = ClaimJobRequest {
+            executor_id: "e1".into(),
+            kinds: vec![],
+        };
+        jobs.claim_job(Request::new(claim)).await.unwrap();
+        let done = CompleteJobRequest {
+            job_id: id.clone(),
+            attempt: 1,
+            executor_id: "e1".into(),
+            outcome: outcome as i32,
+            error: error.into(),
+            metrics: HashMap::from([("auc_30d".to_string(), 0.8)]),
+            registered_model: (outcome == JobOutcome::Succeeded).then(|| RegisteredModel {
+                name: "churn".into(),
+                version: 3,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        jobs.complete_job(Request::new(done)).await.unwrap();
+        id
+    }
+
+    async fn watched(jobs: &JobService, id: &str) -> Vec<JobEvent> {
+        let request = Request::new(WatchJobRequest { job_id: id.into() });
+        let stream = jobs.watch_job(request).await.unwrap().into_inner();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            stream.map(Result::unwrap).collect(),
+        )
+        .await
+        .expect("the watch of a finished job ends")
+    }
+
+    #[tokio::test]
+    async fn watching_a_finished_job_says_how_it_ended() {
+        let jobs = service();
+        let failed = finished(
+            &jobs,
+            JobOutcome::Failed,
+            "unknown churn hyperparameter 'x'",
+        )
+        .await;
+        let events = watched(&jobs, &failed).await;
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].state(), JobState::Failed);
+        assert!(
+            events[0]
+                .message
+                .contains("unknown churn hyperparameter 'x'"),
+            "{:?}",
+            events[0].message
+        );
+
+        let ok = finished(&jobs, JobOutcome::Succeeded, "").await;
+        let events = watched(&jobs, &ok).await;
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].state(), JobState::Succeeded);
+        assert_eq!(events[0].message, "registered churn v3");
+        assert_eq!(events[0].metrics.get("auc_30d"), Some(&0.8));
     }
 }
