@@ -125,6 +125,21 @@ impl ServedModel {
             gauge.set(retrieval.as_ref().map_or(0, |r| r.index().len() as i64));
             first = Some(module);
         }
+        if let Contract::Churn { width, .. } = &contract {
+            // One zero row through `forward` on the serving device: an export
+            // that cannot run here (a traced device, a wrong width) fails the
+            // load, and an alias move to it keeps the current version,
+            // instead of failing every request.
+            let module = load_module()?;
+            let probe = Tensor::zeros([1, *width as i64], (Kind::Float, device));
+            tch::no_grad(|| module.forward_is(&[IValue::Tensor(probe)])).map_err(|e| {
+                Error::Registry {
+                    path: path.clone(),
+                    reason: format!("a one-row probe on {device:?} failed: {e}"),
+                }
+            })?;
+            first = Some(module);
+        }
         let signature = Signature {
             batched: manifest
                 .inputs

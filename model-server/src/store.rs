@@ -448,6 +448,9 @@ impl ModelStore {
                     }
                     Err(e) => {
                         warn!(model = %name, version = wanted, error = %e, "cannot load; keeping version {current}");
+                        // Nothing of the failed version stays behind (its
+                        // per-version gauge, its cached copy).
+                        self.retire(name, vec![wanted]);
                     }
                 }
             }

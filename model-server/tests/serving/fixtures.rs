@@ -169,6 +169,30 @@ pub fn export_churn(registry: &Path, version: u64) {
     std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
 }
 
+/// A churn module that loads but cannot score (as an export traced for
+/// another device): its `forward` raises.
+const EXPORT_CHURN_FAILING: &str = r#"
+import sys, torch
+from typing import Tuple
+class Churn(torch.nn.Module):
+    def forward(self, features) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise RuntimeError("Expected all tensors to be on the same device")
+torch.jit.script(Churn()).save(sys.argv[1])
+"#;
+
+/// `churn` `version` as [`export_churn`] writes it, but with a module whose
+/// `forward` always fails.
+pub fn export_churn_failing(registry: &Path, version: u64) {
+    export_churn(registry, version);
+    let dir = version_dir(registry, "churn", version);
+    run_python(
+        registry,
+        "export_churn_failing.py",
+        EXPORT_CHURN_FAILING,
+        &[dir.join("model.pt").to_str().unwrap()],
+    );
+}
+
 /// Number of items of the recommend fixture.
 pub const ITEMS: i64 = 100;
 

@@ -104,6 +104,56 @@ async fn moving_the_production_alias_swaps_versions_without_a_failed_request() {
 }
 
 #[tokio::test]
+async fn an_alias_moved_to_a_module_that_cannot_score_keeps_the_current_version() {
+    let registry = tempfile::tempdir().unwrap();
+    export_churn(registry.path(), 1);
+    export_churn_failing(registry.path(), 2);
+    let aliases = registry.path().join("churn/aliases.json");
+    std::fs::write(&aliases, r#"{"production": 1}"#).unwrap();
+    let server = serve_with(registry.path(), |c| {
+        c.poll_interval = Duration::from_millis(100);
+    })
+    .await;
+    let tmp = registry.path().join("churn/.aliases.json.tmp");
+    std::fs::write(&tmp, r#"{"production": 2}"#).unwrap();
+    std::fs::rename(&tmp, &aliases).unwrap();
+    // The poller tries version 2: its one-row probe fails, so the load does.
+    let addr = server.addr().to_string();
+    let started = Instant::now();
+    loop {
+        let addr = addr.clone();
+        let text = tokio::task::spawn_blocking(move || {
+            encore_tests::http_get(&addr, "/metrics").unwrap().1
+        })
+        .await
+        .unwrap();
+        let failures = encore_tests::metric_value(
+            &text,
+            "encore_model_server_model_load_failures_total{model=\"churn\"}",
+        );
+        if failures >= Some(1.0) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "version 2 was never tried:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut client = client(server.addr()).await;
+    for _ in 0..5 {
+        let r = client
+            .score_churn(churn_request(&[60]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.model_version, 1);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(gauged_versions(&server, "churn").await, ["1"]);
+}
+
+#[tokio::test]
 async fn a_b_split_is_stable_per_user_and_the_shadow_sees_traffic() {
     let registry = tempfile::tempdir().unwrap();
     export_churn(registry.path(), 1);
