@@ -10,17 +10,32 @@ use encore_model_server::Split;
 use crate::fixtures::*;
 use crate::scoring::{churn_request, client};
 
+/// Exports churn version 1, points `production` at it and serves with the
+/// alias polled every 100 ms.
+async fn polling_on_version_1(
+    registry: &std::path::Path,
+) -> encore_model_server::ModelServerHandle {
+    export_churn(registry, 1);
+    std::fs::write(registry.join("churn/aliases.json"), r#"{"production": 1}"#).unwrap();
+    serve_with(registry, |c| {
+        c.poll_interval = Duration::from_millis(100);
+    })
+    .await
+}
+
+/// Points `production` at version 2, atomically as the registry does
+/// (temp name, then rename).
+fn move_production_to_2(registry: &std::path::Path) {
+    let tmp = registry.join("churn/.aliases.json.tmp");
+    std::fs::write(&tmp, r#"{"production": 2}"#).unwrap();
+    std::fs::rename(&tmp, registry.join("churn/aliases.json")).unwrap();
+}
+
 #[tokio::test]
 async fn moving_the_production_alias_swaps_versions_without_a_failed_request() {
     let registry = tempfile::tempdir().unwrap();
-    export_churn(registry.path(), 1);
     export_churn(registry.path(), 2);
-    let aliases = registry.path().join("churn/aliases.json");
-    std::fs::write(&aliases, r#"{"production": 1}"#).unwrap();
-    let server = serve_with(registry.path(), |c| {
-        c.poll_interval = Duration::from_millis(100);
-    })
-    .await;
+    let server = polling_on_version_1(registry.path()).await;
 
     // Clients hammer the server while the alias moves.
     let stop = Arc::new(AtomicBool::new(false));
@@ -41,10 +56,7 @@ async fn moving_the_production_alias_swaps_versions_without_a_failed_request() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // Written atomically, as the registry does (temp name, then rename).
-    let tmp = registry.path().join("churn/.aliases.json.tmp");
-    std::fs::write(&tmp, r#"{"production": 2}"#).unwrap();
-    std::fs::rename(&tmp, &aliases).unwrap();
+    move_production_to_2(registry.path());
     let started = Instant::now();
     let mut client = client(server.addr()).await;
     loop {
@@ -106,17 +118,9 @@ async fn moving_the_production_alias_swaps_versions_without_a_failed_request() {
 #[tokio::test]
 async fn an_alias_moved_to_a_module_that_cannot_score_keeps_the_current_version() {
     let registry = tempfile::tempdir().unwrap();
-    export_churn(registry.path(), 1);
     export_churn_failing(registry.path(), 2);
-    let aliases = registry.path().join("churn/aliases.json");
-    std::fs::write(&aliases, r#"{"production": 1}"#).unwrap();
-    let server = serve_with(registry.path(), |c| {
-        c.poll_interval = Duration::from_millis(100);
-    })
-    .await;
-    let tmp = registry.path().join("churn/.aliases.json.tmp");
-    std::fs::write(&tmp, r#"{"production": 2}"#).unwrap();
-    std::fs::rename(&tmp, &aliases).unwrap();
+    let server = polling_on_version_1(registry.path()).await;
+    move_production_to_2(registry.path());
     // The poller tries version 2: its one-row probe fails, so the load does.
     let addr = server.addr().to_string();
     let started = Instant::now();
