@@ -19,13 +19,6 @@ fn x(value: f32) -> ModelInferRequest {
     request("slow", vec![(input, value.to_le_bytes().to_vec())])
 }
 
-async fn metrics(addr: std::net::SocketAddr) -> String {
-    let addr = addr.to_string();
-    tokio::task::spawn_blocking(move || encore_tests::http_get(&addr, "/metrics").unwrap().1)
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn concurrent_requests_are_coalesced_and_each_gets_its_own_rows() {
     let registry = tempfile::tempdir().unwrap();

@@ -329,15 +329,19 @@ pub fn export_slow(registry: &Path, loops: u32) {
     std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
 }
 
+/// The server's `/metrics` page.
+pub async fn metrics(addr: std::net::SocketAddr) -> String {
+    let addr = addr.to_string();
+    tokio::task::spawn_blocking(move || encore_tests::http_get(&addr, "/metrics").unwrap().1)
+        .await
+        .unwrap()
+}
+
 /// Starts a model server on port 0 over `registry` with `config` changes.
 /// The versions of `model` with an `item_index_items` gauge in the
 /// server's `/metrics`, ascending.
 pub async fn gauged_versions(server: &ModelServerHandle, model: &str) -> Vec<String> {
-    let addr = server.addr().to_string();
-    let text =
-        tokio::task::spawn_blocking(move || encore_tests::http_get(&addr, "/metrics").unwrap().1)
-            .await
-            .unwrap();
+    let text = metrics(server.addr()).await;
     let mut versions: Vec<String> = text
         .lines()
         .filter(|l| {

@@ -100,11 +100,7 @@ async fn moving_the_production_alias_swaps_versions_without_a_failed_request() {
     // The swapped-out version's gauge is gone, the serving one's is there.
     assert_eq!(gauged_versions(&server, "churn").await, ["2"]);
 
-    let addr = server.addr().to_string();
-    let text =
-        tokio::task::spawn_blocking(move || encore_tests::http_get(&addr, "/metrics").unwrap().1)
-            .await
-            .unwrap();
+    let text = metrics(server.addr()).await;
     assert_eq!(
         encore_tests::metric_value(
             &text,
@@ -122,15 +118,9 @@ async fn an_alias_moved_to_a_module_that_cannot_score_keeps_the_current_version(
     let server = polling_on_version_1(registry.path()).await;
     move_production_to_2(registry.path());
     // The poller tries version 2: its one-row probe fails, so the load does.
-    let addr = server.addr().to_string();
     let started = Instant::now();
     loop {
-        let addr = addr.clone();
-        let text = tokio::task::spawn_blocking(move || {
-            encore_tests::http_get(&addr, "/metrics").unwrap().1
-        })
-        .await
-        .unwrap();
+        let text = metrics(server.addr()).await;
         let failures = encore_tests::metric_value(
             &text,
             "encore_model_server_model_load_failures_total{model=\"churn\"}",
@@ -220,11 +210,7 @@ async fn a_b_split_is_stable_per_user_and_the_shadow_sees_traffic() {
         3
     );
 
-    let addr = server.addr().to_string();
-    let text =
-        tokio::task::spawn_blocking(move || encore_tests::http_get(&addr, "/metrics").unwrap().1)
-            .await
-            .unwrap();
+    let text = metrics(server.addr()).await;
     let value = |s: &str| encore_tests::metric_value(&text, s).unwrap_or(0.0);
     let requests = |variant: &str, version: &str| {
         value(&format!(
@@ -240,12 +226,7 @@ async fn a_b_split_is_stable_per_user_and_the_shadow_sees_traffic() {
     // Shadow copies are fire-and-forget: give the last ones a moment.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let addr = server.addr().to_string();
-        let text = tokio::task::spawn_blocking(move || {
-            encore_tests::http_get(&addr, "/metrics").unwrap().1
-        })
-        .await
-        .unwrap();
+        let text = metrics(server.addr()).await;
         let shadow = encore_tests::metric_value(
             &text,
             "encore_model_server_shadow_requests_total{model=\"churn\",outcome=\"ok\"}",

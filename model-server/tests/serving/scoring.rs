@@ -214,12 +214,7 @@ async fn recommend_item_index_answers_as_forward_and_is_refused_when_it_disagree
         export_recommend_as(registry.path(), 1, module);
         let server = serve_with(registry.path(), |c| c.item_index = item_index).await;
         let case = format!("{module:?}, item_index {item_index}");
-        let addr = server.addr().to_string();
-        let text = tokio::task::spawn_blocking(move || {
-            encore_tests::http_get(&addr, "/metrics").unwrap().1
-        })
-        .await
-        .unwrap();
+        let text = metrics(server.addr()).await;
         let gauge = text
             .lines()
             .find(|l| {
