@@ -125,18 +125,26 @@ impl ServedModel {
             gauge.set(retrieval.as_ref().map_or(0, |r| r.index().len() as i64));
             first = Some(module);
         }
-        if let Contract::Churn { width, .. } = &contract {
-            // One zero row through `forward` on the serving device: an export
-            // that cannot run here (a traced device, a wrong width) fails the
-            // load, and an alias move to it keeps the current version,
-            // instead of failing every request.
-            let module = load_module()?;
-            let probe = Tensor::zeros([1, *width as i64], (Kind::Float, device));
-            tch::no_grad(|| module.forward_is(&[IValue::Tensor(probe)])).map_err(|e| {
-                Error::Registry {
-                    path: path.clone(),
-                    reason: format!("a one-row probe on {device:?} failed: {e}"),
-                }
+        // One zero row through `forward` on the serving device: an export
+        // that cannot run here (a traced device, a wrong width) fails the
+        // load, and an alias move to it keeps the current version, instead
+        // of failing every request.
+        let row = |width: usize| Tensor::zeros([1, width as i64], (Kind::Float, device));
+        let on_device = |v: i64| Tensor::from_slice(&[v]).to_device(device);
+        let probe = match &contract {
+            Contract::Churn { width, .. } => Some(vec![row(*width)]),
+            // No hour (-1), unknown device (0), top 1.
+            Contract::Recommend { width } => {
+                Some(vec![row(*width), on_device(-1), on_device(0), on_device(1)])
+            }
+            Contract::Generic => None,
+        };
+        if let Some(args) = probe {
+            let module = first.take().map_or_else(load_module, Ok)?;
+            let args: Vec<IValue> = args.into_iter().map(IValue::Tensor).collect();
+            tch::no_grad(|| module.forward_is(&args)).map_err(|e| Error::Registry {
+                path: path.clone(),
+                reason: format!("a one-row probe on {device:?} failed: {e}"),
             })?;
             first = Some(module);
         }

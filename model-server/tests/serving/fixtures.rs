@@ -73,7 +73,10 @@ class Wrong(Recommend):
     @torch.jit.export
     def items(self) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.item_vectors.flip(0), self.ids
-kind = {"plain": Recommend, "indexed": Indexed, "wrong": Wrong}[sys.argv[3]]
+class Failing(Recommend):
+    def forward(self, user_features, hour, device, k):
+        raise RuntimeError("Expected all tensors to be on the same device")
+kind = {"plain": Recommend, "indexed": Indexed, "wrong": Wrong, "failing": Failing}[sys.argv[3]]
 torch.jit.script(kind(int(sys.argv[2]))).save(sys.argv[1])
 "#;
 
@@ -86,6 +89,8 @@ pub enum RecommendModule {
     Indexed,
     /// An `items()` that disagrees with `forward`.
     Wrong,
+    /// A `forward` that always fails (as an export for another device).
+    Failing,
 }
 
 pub fn write_parquet(path: &Path, columns: Vec<(&str, ArrayRef)>) {
@@ -210,6 +215,7 @@ pub fn export_recommend_as(registry: &Path, version: u64, module: RecommendModul
         RecommendModule::Plain => "plain",
         RecommendModule::Indexed => "indexed",
         RecommendModule::Wrong => "wrong",
+        RecommendModule::Failing => "failing",
     };
     run_python(
         registry,

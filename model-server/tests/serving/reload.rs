@@ -148,6 +148,31 @@ async fn an_alias_moved_to_a_module_that_cannot_score_keeps_the_current_version(
 }
 
 #[tokio::test]
+async fn a_module_that_cannot_score_fails_its_load_naming_it() {
+    for model in ["churn", "recommend"] {
+        let registry = tempfile::tempdir().unwrap();
+        match model {
+            "churn" => export_churn_failing(registry.path(), 1),
+            _ => export_recommend_as(registry.path(), 1, RecommendModule::Failing),
+        }
+        let config = encore_model_server::ModelServerConfig {
+            registry: registry.path().to_str().unwrap().into(),
+            bind_port: 0,
+            ..Default::default()
+        };
+        let message = match encore_model_server::start_model_server(config).await {
+            Ok(_) => panic!("{model}: a module whose forward fails was served"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            message.contains(&format!("{model}/1/model.pt"))
+                && message.contains("one-row probe on Cpu failed"),
+            "{model}: {message}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_b_split_is_stable_per_user_and_the_shadow_sees_traffic() {
     let registry = tempfile::tempdir().unwrap();
     export_churn(registry.path(), 1);
