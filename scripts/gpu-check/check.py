@@ -12,7 +12,7 @@ models with scripts/gpu-check/prepare.sh; run from the repository root).
 
 Writes one JSON object to $OUT/gpucheck.json (or /tmp). GPUCHECK_DEVICE=cpu
 runs the same on the CPU, to try the script where there is no GPU."""
-import json, os, sys, time, traceback
+import json, os, time
 import torch
 import pyarrow.parquet as pq
 
@@ -37,7 +37,7 @@ def features(kind, version, n):
     names = [f["name"] if isinstance(f, dict) else f for f in man["features"]]
     t = pq.read_table(f"{REG}/{kind}/{version}/online/users.parquet").slice(0, n)
     cols = [torch.tensor(t.column(c).to_numpy(zero_copy_only=False), dtype=torch.float32) for c in names]
-    return man, torch.stack(cols, 1)
+    return torch.stack(cols, 1)
 
 
 def sync():
@@ -61,7 +61,7 @@ def timed(fn, reps=200):
 
 def churn(version):
     def run():
-        man, x = features("churn", version, 512)
+        x = features("churn", version, 512)
         cpu = torch.jit.load(f"{REG}/churn/{version}/model.pt", map_location="cpu").eval()
         gpu = torch.jit.load(f"{REG}/churn/{version}/model.pt", map_location=cuda).eval()
         with torch.inference_mode():
@@ -81,7 +81,7 @@ def recommend(path, man_path, version=None):
         man = json.load(open(man_path))
         width = man["inputs"][0]["shape"][1]
         if version is not None:
-            _, x = features("recommend", version, 64)
+            x = features("recommend", version, 64)
         else:
             x = torch.randn(64, width)
         hour = torch.randint(-1, 24, (x.shape[0],))
