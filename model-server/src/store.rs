@@ -83,6 +83,8 @@ struct Route {
     variant: String,
     weight: u32,
     current: RwLock<Arc<ServedModel>>,
+    /// Holds back retries of a version that failed to load here.
+    backoff: LoadBackoff,
 }
 
 impl Route {
@@ -91,6 +93,56 @@ impl Route {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+}
+
+/// The last version a route's alias moved to that failed to load.
+/// Registry versions never change, so only a transient cause (an
+/// unreachable object store, a full disk) can clear: the poller skips twice
+/// as many polls after each failure of the same version (1, 3, 7, … up to
+/// 63) instead of downloading and loading it again on every poll. A version
+/// it has not failed on is tried at once.
+#[derive(Default)]
+struct LoadBackoff(Mutex<Option<FailedLoad>>);
+
+struct FailedLoad {
+    version: u64,
+    failures: u32,
+    /// Polls still to skip before the next try.
+    skip: u32,
+}
+
+impl LoadBackoff {
+    /// Whether this poll should try to load `version`.
+    fn should_try(&self, version: u64) -> bool {
+        let mut failed = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match failed.as_mut() {
+            Some(f) if f.version == version && f.skip > 0 => {
+                f.skip -= 1;
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Records a failed load of `version`; returns the polls it will skip.
+    fn failed(&self, version: u64) -> u32 {
+        let mut failed = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let failures = match failed.as_ref() {
+            Some(f) if f.version == version => f.failures + 1,
+            _ => 1,
+        };
+        let skip = (1u32 << failures.min(6)) - 1;
+        *failed = Some(FailedLoad {
+            version,
+            failures,
+            skip,
+        });
+        skip
+    }
+
+    fn loaded(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }
 
@@ -327,6 +379,7 @@ impl ModelStore {
             variant: variant.to_owned(),
             weight,
             current: RwLock::new(self.load_version(name, version)?),
+            backoff: LoadBackoff::default(),
         })
     }
 
@@ -437,8 +490,12 @@ impl ModelStore {
                         continue;
                     }
                 };
+                if !route.backoff.should_try(wanted) {
+                    continue;
+                }
                 match self.load_version(name, wanted) {
                     Ok(model) => {
+                        route.backoff.loaded();
                         *route.current.write().unwrap_or_else(|p| p.into_inner()) = model;
                         // Another route (an A/B variant) may still serve it.
                         self.retire(name, vec![current]);
@@ -447,7 +504,8 @@ impl ModelStore {
                         swaps += 1;
                     }
                     Err(e) => {
-                        warn!(model = %name, version = wanted, error = %e, "cannot load; keeping version {current}");
+                        let skip = route.backoff.failed(wanted);
+                        warn!(model = %name, version = wanted, error = %e, "cannot load; keeping version {current}; next try after {skip} more polls");
                         // Nothing of the failed version stays behind (its
                         // per-version gauge, its cached copy).
                         self.retire(name, vec![wanted]);
@@ -492,6 +550,33 @@ mod tests {
     use super::*;
     use encore_models::registry::object::ObjectRegistry;
     use object_store::memory::InMemory;
+
+    #[test]
+    fn a_version_that_failed_to_load_is_retried_after_doubling_waits() {
+        let backoff = LoadBackoff::default();
+        assert!(backoff.should_try(2));
+        let tries = |backoff: &LoadBackoff, version| {
+            (0..20)
+                .map(|_| backoff.should_try(version))
+                .position(|t| t)
+                .expect("tried within 20 polls")
+        };
+        // After the n-th failure of one version, 2^n - 1 polls pass it by.
+        for (failure, skipped) in [(1, 1), (2, 3), (3, 7), (4, 15)] {
+            assert_eq!(backoff.failed(2), skipped, "failure {failure}");
+            assert_eq!(tries(&backoff, 2), skipped as usize, "failure {failure}");
+        }
+        for _ in 0..6 {
+            backoff.failed(2);
+        }
+        assert_eq!(backoff.failed(2), 63, "the wait stops doubling");
+        // Another version is tried at once and starts its own count.
+        assert!(backoff.should_try(3));
+        assert_eq!(backoff.failed(3), 1);
+        // A success forgets the failure.
+        backoff.loaded();
+        assert!(backoff.should_try(3));
+    }
 
     #[test]
     fn a_version_being_loaded_keeps_its_cached_copy() {

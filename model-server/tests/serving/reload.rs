@@ -23,11 +23,11 @@ async fn polling_on_version_1(
     .await
 }
 
-/// Points `production` at version 2, atomically as the registry does
+/// Points `production` at `version`, atomically as the registry does
 /// (temp name, then rename).
-fn move_production_to_2(registry: &std::path::Path) {
+fn move_production_to(registry: &std::path::Path, version: u64) {
     let tmp = registry.join("churn/.aliases.json.tmp");
-    std::fs::write(&tmp, r#"{"production": 2}"#).unwrap();
+    std::fs::write(&tmp, format!(r#"{{"production": {version}}}"#)).unwrap();
     std::fs::rename(&tmp, registry.join("churn/aliases.json")).unwrap();
 }
 
@@ -56,7 +56,7 @@ async fn moving_the_production_alias_swaps_versions_without_a_failed_request() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    move_production_to_2(registry.path());
+    move_production_to(registry.path(), 2);
     let started = Instant::now();
     let mut client = client(server.addr()).await;
     loop {
@@ -115,17 +115,22 @@ async fn moving_the_production_alias_swaps_versions_without_a_failed_request() {
 async fn an_alias_moved_to_a_module_that_cannot_score_keeps_the_current_version() {
     let registry = tempfile::tempdir().unwrap();
     export_churn_failing(registry.path(), 2);
+    export_churn(registry.path(), 3);
     let server = polling_on_version_1(registry.path()).await;
-    move_production_to_2(registry.path());
+    move_production_to(registry.path(), 2);
     // The poller tries version 2: its one-row probe fails, so the load does.
-    let started = Instant::now();
-    loop {
+    let load_failures = || async {
         let text = metrics(server.addr()).await;
         let failures = encore_tests::metric_value(
             &text,
             "encore_model_server_model_load_failures_total{model=\"churn\"}",
         );
-        if failures >= Some(1.0) {
+        (failures.unwrap_or(0.0), text)
+    };
+    let started = Instant::now();
+    loop {
+        let (failures, text) = load_failures().await;
+        if failures >= 1.0 {
             break;
         }
         assert!(
@@ -134,8 +139,9 @@ async fn an_alias_moved_to_a_module_that_cannot_score_keeps_the_current_version(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let first_failure = Instant::now();
     let mut client = client(server.addr()).await;
-    for _ in 0..5 {
+    for _ in 0..10 {
         let r = client
             .score_churn(churn_request(&[60]))
             .await
@@ -145,6 +151,32 @@ async fn an_alias_moved_to_a_module_that_cannot_score_keeps_the_current_version(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(gauged_versions(&server, "churn").await, ["1"]);
+    // Ten polls or more went by: the failed version was tried again after
+    // 1 and then 3 skipped polls (at most 3 loads), not on every poll.
+    let (failures, text) = load_failures().await;
+    assert!(
+        first_failure.elapsed() >= Duration::from_secs(1) && (1.0..=3.0).contains(&failures),
+        "{failures} failed loads of version 2 in {:?}:\n{text}",
+        first_failure.elapsed()
+    );
+    // A new version the alias moves to is tried on the next poll.
+    move_production_to(registry.path(), 3);
+    let started = Instant::now();
+    loop {
+        let r = client
+            .score_churn(churn_request(&[60]))
+            .await
+            .unwrap()
+            .into_inner();
+        if r.model_version == 3 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "version 3 was not swapped in"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
