@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use encore_executor::ExecutorConfig;
-use encore_model_server::{ModelServerConfig, start_model_server};
+use encore_model_server::{ModelServerConfig, parse_device, start_model_server};
 use encore_models::registry;
 use encore_scheduler::SchedulerConfig;
 
@@ -26,6 +26,7 @@ use crate::cluster::LocalCluster;
     encore standalone                       # scheduler on 127.0.0.1:50050\n  \
     encore standalone --bind-port 0 --concurrent-tasks 2\n  \
     encore standalone --registry registry   # also serve the registry's models on 127.0.0.1:8001\n  \
+    encore standalone --registry registry --model-server-device cpu\n  \
     # in another terminal:\n  \
     encore sql --scheduler df://127.0.0.1:50050 --table plays=demo-data/plays \"SELECT count(*) FROM plays\"")]
 pub struct Args {
@@ -57,9 +58,15 @@ pub struct Args {
     /// Model server port (KServe v2 gRPC); 0 picks a free one.
     #[arg(long, env = "ENCORE_MODEL_SERVER_BIND_PORT", default_value_t = 8001)]
     pub model_server_port: u16,
+    /// Where the model server runs models: auto (CUDA when libtorch sees a
+    /// GPU, else CPU), cpu, cuda or cuda:N.
+    #[arg(long, env = "ENCORE_MODEL_SERVER_DEVICE", default_value = "auto")]
+    pub model_server_device: String,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    // Bad flags fail before anything starts.
+    let model_device = parse_device(&args.model_server_device).context("--model-server-device")?;
     let (mut scheduler, mut executor) = match &args.config {
         Some(path) => (
             SchedulerConfig::from_toml_file(path)?,
@@ -101,6 +108,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 registry,
                 bind_host,
                 bind_port: args.model_server_port,
+                device: model_device,
                 ..Default::default()
             })
             .await

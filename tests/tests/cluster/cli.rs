@@ -189,6 +189,16 @@ fn bad_input_gives_one_clear_error_line() {
             ],
             "--conf datafusion.execution.no_such_option=1",
         ),
+        (
+            vec![
+                "standalone",
+                "--bind-port",
+                "0",
+                "--model-server-device",
+                "gpu",
+            ],
+            "--model-server-device: device 'gpu': expected auto, cpu, cuda or cuda:N",
+        ),
     ];
     for (args, needle) in cases {
         let (code, out, err) = encore(&args).unwrap();
