@@ -6,6 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use encore_model_server::Split;
+use encore_proto::encore::v1::ScoreChurnResponse;
+use encore_proto::encore::v1::scoring_client::ScoringClient;
+use tonic::transport::Channel;
 
 use crate::fixtures::*;
 use crate::scoring::{churn_request, client};
@@ -29,6 +32,30 @@ fn move_production_to(registry: &std::path::Path, version: u64) {
     let tmp = registry.join("churn/.aliases.json.tmp");
     std::fs::write(&tmp, format!(r#"{{"production": {version}}}"#)).unwrap();
     std::fs::rename(&tmp, registry.join("churn/aliases.json")).unwrap();
+}
+
+/// Scores user 60 until `version` answers (within `within`); its answer.
+async fn served_version(
+    client: &mut ScoringClient<Channel>,
+    version: u64,
+    within: Duration,
+) -> ScoreChurnResponse {
+    let started = Instant::now();
+    loop {
+        let r = client
+            .score_churn(churn_request(&[60]))
+            .await
+            .unwrap()
+            .into_inner();
+        if r.model_version == version {
+            return r;
+        }
+        assert!(
+            started.elapsed() < within,
+            "version {version} was not swapped in within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
@@ -57,28 +84,13 @@ async fn moving_the_production_alias_swaps_versions_without_a_failed_request() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     move_production_to(registry.path(), 2);
-    let started = Instant::now();
     let mut client = client(server.addr()).await;
-    loop {
-        let r = client
-            .score_churn(churn_request(&[60]))
-            .await
-            .unwrap()
-            .into_inner();
-        if r.model_version == 2 {
-            let p = sigmoid(2.0 * churn_features(60).iter().sum::<f32>());
-            assert!(
-                (r.scores[0].p30 - p).abs() < 1e-6,
-                "version 2 computes with scale 2"
-            );
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the alias move was not picked up"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let r = served_version(&mut client, 2, Duration::from_secs(20)).await;
+    let p = sigmoid(2.0 * churn_features(60).iter().sum::<f32>());
+    assert!(
+        (r.scores[0].p30 - p).abs() < 1e-6,
+        "version 2 computes with scale 2"
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.store(true, Ordering::Relaxed);
     let mut seen = Vec::new();
@@ -161,22 +173,7 @@ async fn an_alias_moved_to_a_module_that_cannot_score_keeps_the_current_version(
     );
     // A new version the alias moves to is tried on the next poll.
     move_production_to(registry.path(), 3);
-    let started = Instant::now();
-    loop {
-        let r = client
-            .score_churn(churn_request(&[60]))
-            .await
-            .unwrap()
-            .into_inner();
-        if r.model_version == 3 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "version 3 was not swapped in"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    served_version(&mut client, 3, Duration::from_secs(2)).await;
 }
 
 #[tokio::test]
