@@ -2,6 +2,7 @@
 //! server) and the `encore` binary, so each concept has one home:
 //!
 //! - [`config`]: reading one section of an Encore TOML file;
+//! - [`fs`]: atomic file writes (temporary file, then rename);
 //! - [`SchedulingPolicy`]: push or pull task scheduling, which scheduler and
 //!   executors must agree on;
 //! - [`metrics`]: Prometheus text for `/metrics`;
@@ -11,6 +12,7 @@
 //! Nothing here knows about jobs, features, models or wire protocols.
 
 pub mod config;
+pub mod fs;
 pub mod metrics;
 pub mod names;
 pub mod process;

@@ -917,14 +917,9 @@ fn batch(schema: SchemaRef, columns: Vec<ArrayRef>) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(schema, columns)?)
 }
 
-/// Writes `contents` to `path` atomically: to a hidden temporary name beside
-/// it, then renamed, so readers see the old file or the whole new one.
+/// Writes `contents` to `path` atomically ([`encore_common::fs::write_atomic`]).
 pub fn write_atomic(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    std::fs::write(&tmp, contents).map_err(Error::io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(Error::io(path))?;
-    Ok(())
+    encore_common::fs::write_atomic(path, contents).map_err(Error::io(path))
 }
 
 /// Writes one Parquet file atomically: to a hidden temporary name, then renamed.

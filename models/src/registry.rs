@@ -397,26 +397,12 @@ pub struct AliasMove {
     pub reason: String,
 }
 
-/// `text` to `path` through a temporary file in the same folder and a
-/// rename. The temporary name is unique to this call (process and a
-/// counter), so concurrent writers never write into each other's file.
+/// `text` to `path` atomically ([`encore_common::fs::write_atomic`]).
 fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let io = |e: std::io::Error| Error::Invalid {
+    encore_common::fs::write_atomic(path, text).map_err(|e| Error::Invalid {
         path: path.to_path_buf(),
         reason: e.to_string(),
-    };
-    let tmp = beside(
-        path,
-        &format!(
-            "{}.{}.tmp",
-            std::process::id(),
-            WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ),
-    )
-    .map_err(io)?;
-    std::fs::write(&tmp, text).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    })
 }
 
 /// `.<file name>.<suffix>` in `path`'s folder (created if missing): the
