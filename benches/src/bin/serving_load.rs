@@ -19,9 +19,9 @@ use clap::Parser;
 use encore_benches::{Rng, Summary, churn_request, recommend_request};
 use encore_proto::inference::ModelInferRequest;
 use encore_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
-use tonic::transport::{Channel, Endpoint};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -92,15 +92,55 @@ impl Workload {
     }
 }
 
-async fn clients(args: &Args) -> anyhow::Result<Vec<GrpcInferenceServiceClient<Channel>>> {
+/// One HTTP/2 connection as a gRPC transport, without tonic's `Channel`:
+/// its buffer hands every request to a worker task and back, which cost
+/// this one-thread generator CPU that the server under test then lacks.
+#[derive(Clone)]
+struct Connection(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
+
+type Responding = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = hyper::Result<http::Response<hyper::body::Incoming>>>
+            + Send,
+    >,
+>;
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for Connection {
+    type Response = http::Response<hyper::body::Incoming>;
+    type Error = hyper::Error;
+    type Future = Responding;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<hyper::Result<()>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Responding {
+        Box::pin(self.0.send_request(request))
+    }
+}
+
+async fn clients(args: &Args) -> anyhow::Result<Vec<GrpcInferenceServiceClient<Connection>>> {
+    let origin: http::Uri = format!("http://{}", args.addr)
+        .parse()
+        .with_context(|| format!("--addr {}", args.addr))?;
     let mut out = Vec::new();
     for _ in 0..args.connections.max(1) {
-        let channel = Endpoint::from_shared(format!("http://{}", args.addr))?
-            .tcp_nodelay(true)
-            .connect()
+        let tcp = tokio::net::TcpStream::connect(&args.addr)
             .await
             .with_context(|| format!("cannot connect to {}", args.addr))?;
-        out.push(GrpcInferenceServiceClient::new(channel).max_decoding_message_size(64 << 20));
+        tcp.set_nodelay(true)?;
+        let (send, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .with_context(|| format!("HTTP/2 handshake with {}", args.addr))?;
+        tokio::spawn(connection);
+        out.push(
+            GrpcInferenceServiceClient::with_origin(Connection(send), origin.clone())
+                .max_decoding_message_size(64 << 20),
+        );
     }
     Ok(out)
 }
