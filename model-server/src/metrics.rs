@@ -44,8 +44,18 @@ pub struct ServerMetrics {
     pub shadow_requests: IntCounterVec,
 }
 
-fn latency_buckets() -> Result<Vec<f64>, prometheus::Error> {
-    prometheus::exponential_buckets(0.000_025, 2.0, 16)
+/// Latency bucket bounds in seconds, 25 µs to 1 s: a 1-1.5-2-3-4-5-7.5
+/// ladder through the sub-millisecond to 20 ms range where serving SLOs
+/// sit, so that a dashboard reads "share under 1 / 2 / 5 ms" straight from
+/// a bucket (doubling buckets put bounds at 1.6 and 3.2 ms instead).
+const LATENCY_BUCKETS: [f64; 26] = [
+    0.000_025, 0.000_05, 0.000_1, 0.000_15, 0.000_2, 0.000_3, 0.000_4, 0.000_5, 0.000_75, 0.001,
+    0.001_5, 0.002, 0.003, 0.004, 0.005, 0.007_5, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25,
+    0.5, 1.0,
+];
+
+fn latency_buckets() -> Vec<f64> {
+    LATENCY_BUCKETS.to_vec()
 }
 
 impl ServerMetrics {
@@ -72,19 +82,19 @@ impl ServerMetrics {
             "encore_model_server_request_duration_seconds",
             "Scoring request latency (queue + inference + encoding), by model and method",
             &["model", "method"],
-            latency_buckets()?,
+            latency_buckets(),
         )?;
         let queue_duration = histogram(
             "encore_model_server_queue_duration_seconds",
             "Time a request waited in the batching queue, by model",
             &["model"],
-            latency_buckets()?,
+            latency_buckets(),
         )?;
         let inference_duration = histogram(
             "encore_model_server_inference_duration_seconds",
             "Time spent running the model per batch, by model",
             &["model"],
-            latency_buckets()?,
+            latency_buckets(),
         )?;
         let batch_size = histogram(
             "encore_model_server_batch_size",
@@ -254,5 +264,35 @@ pub fn code_name(code: tonic::Code) -> &'static str {
         Unavailable => "UNAVAILABLE",
         DataLoss => "DATA_LOSS",
         Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_latency_is_counted_against_1_2_and_5_ms_bounds() {
+        let metrics = ServerMetrics::new().unwrap();
+        let h = metrics
+            .request_duration
+            .with_label_values(&["churn", "ModelInfer"]);
+        for ms in [0.9, 1.1, 1.9, 2.1, 4.9, 5.1] {
+            h.observe(ms / 1e3);
+        }
+        let text = metrics.encode().unwrap();
+        let under = |le: &str| {
+            let key = format!(
+                "encore_model_server_request_duration_seconds_bucket{{method=\"ModelInfer\",model=\"churn\",le=\"{le}\"}} "
+            );
+            text.lines()
+                .find_map(|l| l.strip_prefix(key.as_str()))
+                .unwrap_or_else(|| panic!("no bucket le={le}:\n{text}"))
+                .to_owned()
+        };
+        assert_eq!(under("0.001"), "1");
+        assert_eq!(under("0.002"), "3");
+        assert_eq!(under("0.005"), "5");
+        assert!(LATENCY_BUCKETS.windows(2).all(|w| w[0] < w[1]));
     }
 }
