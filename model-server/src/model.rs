@@ -128,12 +128,15 @@ impl ServedModel {
         // One zero row through `forward` on the serving device: an export
         // that cannot run here (a traced device, a wrong width) fails the
         // load, and an alias move to it keeps the current version, instead
-        // of failing every request.
+        // of failing every request. A module with an item index has just
+        // run `forward` on this device in the index's check (snapshot rows,
+        // no hour and unknown device among them, k = 1 / 16 / 128).
         let row = |width: usize| Tensor::zeros([1, width as i64], (Kind::Float, device));
         let on_device = |v: i64| Tensor::from_slice(&[v]).to_device(device);
         let probe = match &contract {
             Contract::Churn { width, .. } => Some(vec![row(*width)]),
             // No hour (-1), unknown device (0), top 1.
+            Contract::Recommend { .. } if retrieval.is_some() => None,
             Contract::Recommend { width } => {
                 Some(vec![row(*width), on_device(-1), on_device(0), on_device(1)])
             }

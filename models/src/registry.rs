@@ -406,7 +406,7 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
 }
 
 /// `.<file name>.<suffix>` in `path`'s folder (created if missing): the
-/// hidden siblings of a registry file (temporary writes, locks).
+/// hidden sibling of a registry file that [`lock_beside`] locks.
 fn beside(path: &Path, suffix: &str) -> std::io::Result<PathBuf> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;

@@ -343,7 +343,6 @@ pub async fn metrics(addr: std::net::SocketAddr) -> String {
         .unwrap()
 }
 
-/// Starts a model server on port 0 over `registry` with `config` changes.
 /// The versions of `model` with an `item_index_items` gauge in the
 /// server's `/metrics`, ascending.
 pub async fn gauged_versions(server: &ModelServerHandle, model: &str) -> Vec<String> {
@@ -363,6 +362,7 @@ pub async fn gauged_versions(server: &ModelServerHandle, model: &str) -> Vec<Str
     versions
 }
 
+/// Starts a model server on port 0 over `registry` with `config` changes.
 pub async fn serve_with(
     registry: &Path,
     change: impl FnOnce(&mut ModelServerConfig),
