@@ -2,10 +2,12 @@
 # Side-by-side serving benchmark, one run on one machine:
 #   Encore model server (release build)  vs  a Python grpcio + torch KServe
 #   server (benches/peers/kserve_torch_server.py) serving the same
-#   TorchScript files and online snapshot.
+#   TorchScript files and online snapshot, and, as the floor under both,
+#   kserve-echo (the same Rust gRPC stack answering without a model).
 # Load: benches' `serving-load` (Rust, one thread), closed-loop concurrency
 # sweep per model, then open-loop runs (three) of Encore churn at half its best
-# QPS, then Arrow Flight batch scoring. Each server runs alone while measured.
+# QPS, then Arrow Flight batch scoring. Each server runs alone while measured;
+# each result line carries the server's and the generator's CPU per request.
 #
 #   benches/serving.sh [--users 100000] [--items 100000] [--seconds 5] [--levels 1,2,4,...] [--no-build]
 #
@@ -69,7 +71,8 @@ run_side() {
     for model in $models; do
         echo "bench: $label $model, concurrency $LEVELS" >&2
         "$BIN/serving-load" --addr "$ADDR" --model "$model" --users "$USERS" \
-            --concurrency "$LEVELS" --seconds "$SECONDS_PER_LEVEL" --label "$label" | tee -a "$OUT" >&2
+            --concurrency "$LEVELS" --seconds "$SECONDS_PER_LEVEL" --label "$label" \
+            --server-pid "${PIDS[-1]}" | tee -a "$OUT" >&2
     done
 }
 
@@ -95,7 +98,8 @@ echo "bench: encore churn open loop at $half req/s (half of $best_churn), try $t
 # The server's own view of the same run: its request-latency histogram
 # (decode to response, no network or client), read before and after.
 metrics >"$WORK/metrics.before"
-"$BIN/serving-load" --addr "$ADDR" --model churn --users "$USERS" --rate "$half" --seconds 10 --label encore-half-max | tee -a "$OUT" >&2
+"$BIN/serving-load" --addr "$ADDR" --model churn --users "$USERS" --rate "$half" --seconds 10 --label encore-half-max \
+    --server-pid "${PIDS[0]}" | tee -a "$OUT" >&2
 metrics >"$WORK/metrics.after"
 python - "$WORK/metrics.before" "$WORK/metrics.after" "$half" <<'PY' | tee -a "$OUT" >&2
 import json, re, sys
@@ -130,17 +134,29 @@ start "$WORK/python.out" python benches/peers/kserve_torch_server.py --registry 
 run_side python
 kill "${PIDS[2]}"; wait "${PIDS[2]}" 2>/dev/null || true
 
+# The floor under both: a KServe server with no model (kserve-echo answers
+# every ModelInfer with a fixed churn-shaped response), the same load.
+start "$WORK/echo.out" "$BIN/kserve-echo"
+run_side echo churn
+echo "bench: echo churn open loop at $half req/s" >&2
+"$BIN/serving-load" --addr "$ADDR" --model churn --users "$USERS" --rate "$half" --seconds 10 --label echo-half-max \
+    --server-pid "${PIDS[3]}" | tee -a "$OUT" >&2
+kill "${PIDS[3]}"; wait "${PIDS[3]}" 2>/dev/null || true
+
 python - "$OUT" <<'PY'
 import json, sys
 lines = [json.loads(l) for l in open(sys.argv[1])]
 meta, rows = lines[0], lines[1:]
 print(f"machine: {meta['machine']}; {meta['users']} users, {meta['items']} items; {meta['seconds_per_level']} s per level; commit {meta['git']}")
 print()
-print("| model | server | concurrency | QPS | p50 ms | p99 ms | errors |")
-print("|---|---|---:|---:|---:|---:|---:|")
+def cpu(r, side):
+    v = r.get(f"{side}_cpu_us_per_request")
+    return f"{v:.0f}" if v is not None else "-"
+print("| model | server | concurrency | QPS | p50 ms | p99 ms | errors | server CPU µs/req | load generator CPU µs/req |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
 for r in rows:
     if "concurrency" in r:
-        print(f"| {r['model']} | {r['label']} | {r['concurrency']} | {r['qps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |")
+        print(f"| {r['model']} | {r['label']} | {r['concurrency']} | {r['qps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} | {cpu(r, 'server')} | {cpu(r, 'client')} |")
 print()
 best = {}
 for r in rows:
@@ -182,9 +198,22 @@ for model in ("churn", "recommend"):
             print(f"| {model} | at Python's best under 5 ms (c={p['concurrency']}) | | **{ratios[p['concurrency']]:.1f}x** |")
     else:
         print(f"| {model} | Python never had p99 < 5 ms | | - |")
+echo = {r["concurrency"]: r for r in rows if "concurrency" in r and r["label"] == "echo"}
+if echo:
+    print()
+    print("Against the floor (kserve-echo: the same gRPC stack and load, no model, batching or metrics):")
+    print()
+    print("| concurrency | Encore churn QPS (p99 ms) | echo QPS (p99 ms) | Encore / echo |")
+    print("|---:|---:|---:|---:|")
+    for r in rows:
+        if "concurrency" in r and r["label"] == "encore" and r["model"] == "churn" and r["concurrency"] in echo:
+            f = echo[r["concurrency"]]
+            print(f"| {r['concurrency']} | {r['qps']:.0f} ({r['p99_ms']:.2f}) | {f['qps']:.0f} ({f['p99_ms']:.2f}) | {r['qps'] / f['qps']:.2f} |")
 for r in rows:
     if "rate" in r and "p99_ms" in r:
-        print(f"\nEncore churn open loop at {r['rate']:.0f} req/s, client view: p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms, {r['errors']} errors (client send lag p99 {r.get('send_lag_p99_ms', 0):.2f} ms)")
+        who = "kserve-echo (no model)" if r["label"].startswith("echo") else "Encore"
+        print(f"\n{who} churn open loop at {r['rate']:.0f} req/s, client view: p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms, {r['errors']} errors "
+              f"(client send lag p99 {r.get('send_lag_p99_ms', 0):.2f} ms; CPU per request: server {cpu(r, 'server')} µs, load generator {cpu(r, 'client')} µs)")
     if "p99_le_ms" in r:
         print(f"Same run, server view (request histogram, bucket bounds): p50 <= {r['p50_le_ms']:.3f} ms, p99 <= {r['p99_le_ms']:.3f} ms over {r['requests']:.0f} requests")
     if "item_index_items" in r:

@@ -22,9 +22,15 @@ use clap::Parser;
 use encore_benches::{Rng, Summary, churn_request, recommend_request};
 use encore_proto::inference::ModelInferRequest;
 use encore_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
+
+// The generator's own allocations cost the server under test CPU too.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -59,6 +65,11 @@ struct Args {
     /// HTTP/2 connections to spread requests over.
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// The server's process id (same machine): each line then reports the
+    /// server's CPU per request over the measured window, beside the
+    /// generator's own.
+    #[arg(long)]
+    server_pid: Option<u32>,
     /// Label written into each JSON line (e.g. encore, python).
     #[arg(long, default_value = "server")]
     label: String,
@@ -148,8 +159,77 @@ async fn clients(args: &Args) -> anyhow::Result<Vec<GrpcInferenceServiceClient<C
     Ok(out)
 }
 
+/// CPU time of this process and, when given, the server's, read at the
+/// start and end of a measured window.
+#[derive(Debug, Clone, Copy)]
+struct CpuMeter {
+    server_pid: Option<u32>,
+}
+
+/// CPU seconds used so far: (this process, the server).
+#[derive(Debug, Clone, Copy)]
+struct CpuReading(f64, Option<f64>);
+
+impl CpuMeter {
+    fn read(&self) -> anyhow::Result<CpuReading> {
+        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: getrusage writes one rusage into the pointer it is given,
+        // which points at a zeroed value of that type that outlives the call.
+        #[allow(unsafe_code)]
+        let usage = unsafe {
+            anyhow::ensure!(
+                libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) == 0,
+                "getrusage: {}",
+                std::io::Error::last_os_error()
+            );
+            usage.assume_init()
+        };
+        let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+        let own = seconds(usage.ru_utime) + seconds(usage.ru_stime);
+        let server = match self.server_pid {
+            Some(pid) => Some(process_cpu_seconds(pid)?),
+            None => None,
+        };
+        Ok(CpuReading(own, server))
+    }
+}
+
+/// utime + stime of a process from /proc/PID/stat (fields 14 and 15,
+/// counted after the parenthesised command name, which may hold spaces).
+fn process_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("--server-pid {pid}: cannot read /proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .with_context(|| format!("/proc/{pid}/stat: no field {}", i + 3))
+    };
+    // SAFETY: sysconf only reads a configuration value.
+    #[allow(unsafe_code)]
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((ticks(11)? + ticks(12)?) / hz)
+}
+
+/// Adds CPU microseconds per request over a window to a result line.
+fn add_cpu(line: &mut serde_json::Value, from: CpuReading, to: CpuReading, requests: usize) {
+    let per = |seconds: f64| seconds * 1e6 / requests.max(1) as f64;
+    line["client_cpu_us_per_request"] = per(to.0 - from.0).into();
+    if let (Some(a), Some(b)) = (from.1, to.1) {
+        line["server_cpu_us_per_request"] = per(b - a).into();
+    }
+}
+
 /// Closed loop at `concurrency` for `seconds` (after the warm-up).
-async fn closed_loop(args: &Args, concurrency: usize) -> anyhow::Result<Summary> {
+async fn closed_loop(
+    args: &Args,
+    concurrency: usize,
+    meter: CpuMeter,
+) -> anyhow::Result<(Summary, CpuReading, CpuReading)> {
     let clients = clients(args).await?;
     let warmup = Duration::from_secs_f64(args.warmup_seconds);
     let measure = Duration::from_secs_f64(args.seconds);
@@ -178,13 +258,17 @@ async fn closed_loop(args: &Args, concurrency: usize) -> anyhow::Result<Summary>
             (latencies, errors)
         }));
     }
+    tokio::time::sleep_until(from.into()).await;
+    let cpu_from = meter.read()?;
+    tokio::time::sleep_until(until.into()).await;
+    let cpu_until = meter.read()?;
     let (mut latencies, mut errors) = (Vec::new(), 0);
     for task in tasks {
         let (l, e) = task.await?;
         latencies.extend(l);
         errors += e;
     }
-    Ok(Summary::of(latencies, errors, measure))
+    Ok((Summary::of(latencies, errors, measure), cpu_from, cpu_until))
 }
 
 /// Sleeps to the microsecond while the runtime keeps serving sockets: a
@@ -194,6 +278,9 @@ async fn closed_loop(args: &Args, concurrency: usize) -> anyhow::Result<Summary>
 /// that showed up as ~2 ms of "latency" on a server answering in 0.3 ms).
 struct Pacer {
     timer: AsyncFd<File>,
+    /// The instant the timer is set for (a wait interrupted by a response
+    /// resumes without setting it again).
+    armed: Option<Instant>,
 }
 
 impl Pacer {
@@ -218,18 +305,36 @@ impl Pacer {
             )
             .map_err(|e| anyhow::anyhow!("registering the timerfd: {e}"))?
         };
-        Ok(Self { timer })
+        Ok(Self { timer, armed: None })
     }
 
     /// Waits until `due`; when it has passed already, still lets every
     /// ready task (responses) run first.
-    async fn until(&self, due: Instant) -> anyhow::Result<()> {
+    async fn until(&mut self, due: Instant) -> anyhow::Result<()> {
         let now = Instant::now();
         if due <= now {
             tokio::task::yield_now().await;
             return Ok(());
         }
-        let wait = due - now;
+        if self.armed != Some(due) {
+            self.arm(due - now)?;
+            self.armed = Some(due);
+        }
+        let mut expirations = [0u8; 8];
+        loop {
+            let mut ready = self.timer.readable().await?;
+            match ready.try_io(|timer| timer.get_ref().read(&mut expirations)) {
+                Ok(result) => {
+                    result?;
+                    return Ok(());
+                }
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Sets the timer to expire once, `wait` from now.
+    fn arm(&self, wait: Duration) -> anyhow::Result<()> {
         let spec = libc::itimerspec {
             it_interval: libc::timespec {
                 tv_sec: 0,
@@ -257,24 +362,20 @@ impl Pacer {
             "timerfd_settime: {}",
             std::io::Error::last_os_error()
         );
-        let mut expirations = [0u8; 8];
-        loop {
-            let mut ready = self.timer.readable().await?;
-            match ready.try_io(|timer| timer.get_ref().read(&mut expirations)) {
-                Ok(result) => {
-                    result?;
-                    return Ok(());
-                }
-                Err(_would_block) => continue,
-            }
-        }
+        Ok(())
     }
 }
 
 /// Open loop at `rate` requests/s. Sends follow a fixed schedule whatever
 /// the responses do (no coordinated omission); latency is measured from the
-/// actual send, and how late sends left is reported beside it.
-async fn open_loop(args: &Args, rate: f64) -> anyhow::Result<(Summary, f64)> {
+/// actual send, and how late sends left is reported beside it. Requests in
+/// flight are polled by this one task (no task per request), and each is
+/// dropped, memory and all, the moment it is answered.
+async fn open_loop(
+    args: &Args,
+    rate: f64,
+    meter: CpuMeter,
+) -> anyhow::Result<(Summary, f64, CpuReading, CpuReading)> {
     let clients = clients(args).await?;
     let warmup = Duration::from_secs_f64(args.warmup_seconds);
     let measure = Duration::from_secs_f64(args.seconds);
@@ -282,25 +383,10 @@ async fn open_loop(args: &Args, rate: f64) -> anyhow::Result<(Summary, f64)> {
     let start = Instant::now() + Duration::from_millis(10);
     let (from, until) = (start + warmup, start + warmup + measure);
     let mut rng = Rng::new(7);
-    let pacer = Pacer::new()?;
-    let mut tasks = Vec::new();
-    for i in 0u64.. {
-        let due = start + interval.mul_f64(i as f64);
-        if due >= until {
-            break;
-        }
-        pacer.until(due).await?;
-        let mut client = clients[i as usize % clients.len()].clone();
-        let req = Workload::of(args).request(&mut rng);
-        tasks.push(tokio::spawn(async move {
-            let sent = Instant::now();
-            let result = client.model_infer(req).await;
-            (due, sent - due, sent.elapsed(), result.is_ok())
-        }));
-    }
+    let mut pacer = Pacer::new()?;
+    let workload = Workload::of(args);
     let (mut latencies, mut lags, mut errors) = (Vec::new(), Vec::new(), 0);
-    for task in tasks {
-        let (due, lag, latency, ok) = task.await?;
+    let mut record = |(due, lag, latency, ok): (Instant, Duration, Duration, bool)| {
         if due >= from {
             lags.push(lag);
             if ok {
@@ -309,12 +395,50 @@ async fn open_loop(args: &Args, rate: f64) -> anyhow::Result<(Summary, f64)> {
                 errors += 1;
             }
         }
+    };
+    let mut in_flight = FuturesUnordered::new();
+    let mut cpu_from = None;
+    let mut i = 0u64;
+    loop {
+        let due = start + interval.mul_f64(i as f64);
+        if due >= until {
+            break;
+        }
+        if cpu_from.is_none() && due >= from {
+            cpu_from = Some(meter.read()?);
+        }
+        tokio::select! {
+            biased;
+            Some(answered) = in_flight.next() => {
+                record(answered);
+                continue;
+            }
+            waited = pacer.until(due) => waited?,
+        }
+        let mut client = clients[i as usize % clients.len()].clone();
+        let request = workload.request(&mut rng);
+        in_flight.push(async move {
+            let sent = Instant::now();
+            let result = client.model_infer(request).await;
+            (due, sent - due, sent.elapsed(), result.is_ok())
+        });
+        i += 1;
+    }
+    let cpu_until = meter.read()?;
+    let cpu_from = cpu_from.unwrap_or(cpu_until);
+    while let Some(answered) = in_flight.next().await {
+        record(answered);
     }
     lags.sort_unstable();
     let lag_p99 = lags
         .get(lags.len().saturating_sub(1) * 99 / 100)
         .map_or(0.0, |d| d.as_secs_f64() * 1e3);
-    Ok((Summary::of(latencies, errors, measure), lag_p99))
+    Ok((
+        Summary::of(latencies, errors, measure),
+        lag_p99,
+        cpu_from,
+        cpu_until,
+    ))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -326,11 +450,18 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let meter = CpuMeter {
+        server_pid: args.server_pid,
+    };
+    if let Some(pid) = args.server_pid {
+        process_cpu_seconds(pid)?;
+    }
     runtime.block_on(async {
         if let Some(rate) = args.rate {
             anyhow::ensure!(rate > 0.0, "--rate must be positive");
-            let (s, lag_p99) = open_loop(&args, rate).await?;
+            let (s, lag_p99, from, to) = open_loop(&args, rate, meter).await?;
             let mut line = s.to_json();
+            add_cpu(&mut line, from, to, s.ok + s.errors);
             line["send_lag_p99_ms"] = lag_p99.into();
             line["label"] = args.label.clone().into();
             line["model"] = args.model.clone().into();
@@ -338,8 +469,9 @@ fn main() -> anyhow::Result<()> {
             println!("{line}");
         } else {
             for &c in &args.concurrency {
-                let s = closed_loop(&args, c).await?;
+                let (s, from, to) = closed_loop(&args, c, meter).await?;
                 let mut line = s.to_json();
+                add_cpu(&mut line, from, to, s.ok + s.errors);
                 line["label"] = args.label.clone().into();
                 line["model"] = args.model.clone().into();
                 line["concurrency"] = c.into();
