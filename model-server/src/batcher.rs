@@ -4,12 +4,20 @@
 //! instances, each on its own thread with its own TorchScript module (as
 //! Triton's instance groups).
 //!
+//! A request that finds the model idle (nothing queued, no batch running)
+//! and the model fast (its last `forward` took under [`INLINE_MAX_FORWARD`])
+//! runs at once on the thread that decoded it, with an idle instance's
+//! module: at low load that saves the two thread hand-offs (to an instance
+//! and back), which on a small machine cost more than a small `forward`
+//! itself. Under load the queue is never empty, so requests batch as before.
+//!
 //! A full queue refuses new work ([`Error::Overloaded`] → RESOURCE_EXHAUSTED);
 //! a request whose deadline passed while queued is answered
 //! DEADLINE_EXCEEDED without running; closing the queue (the model version
 //! is replaced or the server stops) lets the instances drain what is queued.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -32,7 +40,15 @@ pub struct BatchConfig {
     pub max_queue_size: usize,
     /// Model instances (threads, each with its own module) per version.
     pub instances: usize,
+    /// Let a request that finds the model idle run on its own thread (only
+    /// with no `max_queue_delay`: a delay asks for batches).
+    pub inline: bool,
 }
+
+/// Longest `forward` (the model's most recent) for which an idle model runs
+/// a request on the request's own thread: that thread also serves sockets,
+/// so it may only be kept briefly.
+pub const INLINE_MAX_FORWARD: Duration = Duration::from_micros(200);
 
 impl Default for BatchConfig {
     fn default() -> Self {
@@ -41,6 +57,7 @@ impl Default for BatchConfig {
             max_queue_delay: Duration::ZERO,
             max_queue_size: 4096,
             instances: 2,
+            inline: true,
         }
     }
 }
@@ -58,6 +75,8 @@ pub struct BatchMetrics {
     pub ok: IntCounter,
     /// Failed `forward` calls.
     pub failed: IntCounter,
+    /// `forward` calls run on the request's own thread (idle model).
+    pub inline: IntCounter,
 }
 
 /// Module outputs for one request.
@@ -76,6 +95,8 @@ struct Job {
 struct State {
     jobs: VecDeque<Job>,
     closed: bool,
+    /// Batches running now: on instances, or inline (at most one).
+    running: usize,
 }
 
 struct Queue {
@@ -95,7 +116,19 @@ pub struct Batcher {
     queue: Arc<Queue>,
     config: BatchConfig,
     label: String,
+    exec: Arc<Exec>,
+    modules: Arc<[Mutex<CModule>]>,
     _instances: Vec<JoinHandle<()>>,
+}
+
+/// `tensor` on `device`, without a dispatched no-op `to` when it is there
+/// already (the common case on a CPU server, twice per batch).
+fn on(tensor: Tensor, device: Device) -> Tensor {
+    if tensor.device() == device {
+        tensor
+    } else {
+        tensor.to_device(device)
+    }
 }
 
 /// What a model's `forward` looks like to the batcher.
@@ -125,21 +158,28 @@ impl Batcher {
             state: Mutex::default(),
             ready: Condvar::new(),
         });
-        let signature = Arc::new(signature);
+        let exec = Arc::new(Exec {
+            signature,
+            metrics,
+            device,
+            label: label.clone(),
+            last_forward_ns: AtomicU64::new(u64::MAX),
+        });
+        let modules: Arc<[Mutex<CModule>]> = (0..config.instances.max(1))
+            .map(|_| load().map(Mutex::new))
+            .collect::<Result<Vec<_>>>()?
+            .into();
         let mut instances = Vec::new();
-        for i in 0..config.instances.max(1) {
-            let module = load()?;
+        for index in 0..modules.len() {
             let worker = Worker {
                 queue: queue.clone(),
                 config,
-                signature: signature.clone(),
-                metrics: metrics.clone(),
-                device,
-                label: label.clone(),
-                module,
+                exec: exec.clone(),
+                modules: modules.clone(),
+                index,
             };
             let handle = std::thread::Builder::new()
-                .name(format!("infer-{label}-{i}"))
+                .name(format!("infer-{label}-{index}"))
                 .spawn(move || worker.run())
                 .map_err(|e| Error::Internal(format!("cannot start an inference thread: {e}")))?;
             instances.push(handle);
@@ -148,6 +188,8 @@ impl Batcher {
             queue,
             config,
             label,
+            exec,
+            modules,
             _instances: instances,
         })
     }
@@ -193,9 +235,62 @@ impl Batcher {
         Ok(receiver)
     }
 
+    /// Runs one request on the caller's thread if the model is idle and
+    /// fast (see the module docs); None when it must be queued instead.
+    pub fn run_inline(
+        &self,
+        inputs: &[Tensor],
+        rows: usize,
+        deadline: Option<Instant>,
+    ) -> Option<Result<Outputs>> {
+        if !self.config.inline
+            || !self.config.max_queue_delay.is_zero()
+            || rows > self.config.max_batch_size
+            || self.exec.last_forward_ns.load(Ordering::Relaxed)
+                > INLINE_MAX_FORWARD.as_nanos() as u64
+        {
+            return None;
+        }
+        let _running = {
+            let mut state = self.queue.lock();
+            if state.closed || state.running > 0 || !state.jobs.is_empty() {
+                return None;
+            }
+            // Counted as a running batch: a second request meanwhile queues
+            // for an instance rather than holding another async thread.
+            state.running += 1;
+            Running(&self.queue)
+        };
+        self.modules
+            .iter()
+            .find_map(|m| m.try_lock().ok())
+            .map(|module| {
+                let now = Instant::now();
+                if deadline.is_some_and(|d| d <= now) {
+                    return Err(Error::DeadlineExceeded(format!(
+                        "deadline exceeded before model {} ran",
+                        self.label
+                    )));
+                }
+                let m = &self.exec.metrics;
+                m.inline.inc();
+                m.queue.observe(0.0);
+                self.exec.run(&module, &[inputs], rows)
+            })
+    }
+
     /// Requests waiting now.
     pub fn queued(&self) -> usize {
         self.queue.lock().jobs.len()
+    }
+}
+
+/// Counts one running batch down when dropped (also if a batch panics).
+struct Running<'a>(&'a Queue);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.lock().running -= 1;
     }
 }
 
@@ -206,21 +301,42 @@ impl Drop for Batcher {
     }
 }
 
-struct Worker {
-    queue: Arc<Queue>,
-    config: BatchConfig,
-    signature: Arc<Signature>,
+/// What running a batch needs besides a module: shared by the instance
+/// threads and the inline path.
+struct Exec {
+    signature: Signature,
     metrics: BatchMetrics,
     device: Device,
     label: String,
-    module: CModule,
+    /// How long the latest `forward` took (u64::MAX before the first).
+    last_forward_ns: AtomicU64,
+}
+
+struct Worker {
+    queue: Arc<Queue>,
+    config: BatchConfig,
+    exec: Arc<Exec>,
+    /// Every instance's module; this worker's is `modules[index]`.
+    modules: Arc<[Mutex<CModule>]>,
+    index: usize,
 }
 
 impl Worker {
     fn run(self) {
         while let Some(batch) = self.next_batch() {
+            let _running = Running(&self.queue);
             self.execute(batch);
         }
+    }
+
+    /// A free module: this instance's own unless a request running inline
+    /// holds it, then another free one, else this one when it comes free.
+    fn module(&self) -> MutexGuard<'_, CModule> {
+        let own = &self.modules[self.index];
+        own.try_lock()
+            .ok()
+            .or_else(|| self.modules.iter().find_map(|m| m.try_lock().ok()))
+            .unwrap_or_else(|| own.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Rows queued that could join a batch led by the first job.
@@ -283,21 +399,23 @@ impl Worker {
             if !state.jobs.is_empty() {
                 self.queue.ready.notify_one();
             }
+            state.running += 1;
             return Some(batch);
         }
     }
 
     fn execute(&self, batch: Vec<Job>) {
         let now = Instant::now();
+        let exec = &*self.exec;
         let mut live = Vec::with_capacity(batch.len());
         for job in batch {
-            self.metrics
+            exec.metrics
                 .queue
                 .observe(now.duration_since(job.enqueued).as_secs_f64());
             if job.deadline.is_some_and(|d| d <= now) {
                 let _ = job.reply.send(Err(Error::DeadlineExceeded(format!(
                     "deadline exceeded while queued for model {}",
-                    self.label
+                    exec.label
                 ))));
             } else if !job.reply.is_closed() {
                 live.push(job);
@@ -307,15 +425,10 @@ impl Worker {
             return;
         }
         let rows: usize = live.iter().map(|j| j.rows).sum();
-        self.metrics.batch_size.observe(rows as f64);
-        let started = Instant::now();
-        let result = self.forward(&live, rows);
-        self.metrics
-            .inference
-            .observe(started.elapsed().as_secs_f64());
+        let inputs: Vec<&[Tensor]> = live.iter().map(|j| j.inputs.as_slice()).collect();
+        let result = exec.run(&self.module(), &inputs, rows);
         match result {
             Ok(outputs) => {
-                self.metrics.ok.inc();
                 let mut offset = 0i64;
                 for job in live {
                     let n = job.rows as i64;
@@ -329,7 +442,6 @@ impl Worker {
                 }
             }
             Err(e) => {
-                self.metrics.failed.inc();
                 let message = e.to_string();
                 for job in live {
                     let _ = job.reply.send(Err(Error::Internal(message.clone())));
@@ -337,31 +449,50 @@ impl Worker {
             }
         }
     }
+}
 
-    fn forward(&self, jobs: &[Job], rows: usize) -> Result<Outputs> {
+impl Exec {
+    /// [`Exec::forward`] with its metrics: batch size, time, outcome; the
+    /// time is kept for the inline decision.
+    fn run(&self, module: &CModule, inputs: &[&[Tensor]], rows: usize) -> Result<Outputs> {
+        self.metrics.batch_size.observe(rows as f64);
+        let started = Instant::now();
+        let result = self.forward(module, inputs, rows);
+        let took = started.elapsed();
+        self.metrics.inference.observe(took.as_secs_f64());
+        self.last_forward_ns
+            .store(took.as_nanos() as u64, Ordering::Relaxed);
+        match &result {
+            Ok(_) => self.metrics.ok.inc(),
+            Err(_) => self.metrics.failed.inc(),
+        }
+        result
+    }
+
+    /// One `forward` over the requests' `inputs` (each in `forward` order),
+    /// `rows` in all; outputs on the CPU, batch-first.
+    fn forward(&self, module: &CModule, inputs: &[&[Tensor]], rows: usize) -> Result<Outputs> {
         let mut args = Vec::with_capacity(self.signature.batched.len());
         for (i, &batched) in self.signature.batched.iter().enumerate() {
-            let tensor = if batched && jobs.len() > 1 {
-                let parts: Vec<&Tensor> = jobs.iter().map(|j| &j.inputs[i]).collect();
+            let tensor = if batched && inputs.len() > 1 {
+                let parts: Vec<&Tensor> = inputs.iter().map(|j| &j[i]).collect();
                 Tensor::cat(&parts, 0)
             } else {
-                jobs[0].inputs[i].shallow_clone()
+                inputs[0][i].shallow_clone()
             };
-            args.push(IValue::Tensor(tensor.to_device(self.device)));
+            args.push(IValue::Tensor(on(tensor, self.device)));
         }
         let torch = |source| Error::Torch {
             model: self.label.clone(),
             source,
         };
         let indexed = match &self.signature.retrieval {
-            Some(retrieval) => {
-                tch::no_grad(|| retrieval.run(&self.module, &args)).map_err(torch)?
-            }
+            Some(retrieval) => tch::no_grad(|| retrieval.run(module, &args)).map_err(torch)?,
             None => None,
         };
         let tensors = match indexed {
             Some(tensors) => tensors,
-            None => self.run_forward(&args)?,
+            None => self.run_forward(module, &args)?,
         };
         if tensors.len() != self.signature.outputs {
             return Err(Error::Internal(format!(
@@ -381,19 +512,19 @@ impl Worker {
                         t.size()
                     )))
                 } else {
-                    Ok(t.to_device(Device::Cpu))
+                    Ok(on(t, Device::Cpu))
                 }
             })
             .collect()
     }
 
     /// `forward(args)`, its result as a list of tensors.
-    fn run_forward(&self, args: &[IValue]) -> Result<Vec<Tensor>> {
+    fn run_forward(&self, module: &CModule, args: &[IValue]) -> Result<Vec<Tensor>> {
         let torch = |source| Error::Torch {
             model: self.label.clone(),
             source,
         };
-        let output = tch::no_grad(|| self.module.forward_is(args)).map_err(torch)?;
+        let output = tch::no_grad(|| module.forward_is(args)).map_err(torch)?;
         Ok(match output {
             // One [N, outputs] tensor stands for that many [N] outputs (a
             // traced module cannot return a tuple).
@@ -439,6 +570,7 @@ mod tests {
             batch_size: histogram("batch_size"),
             ok: IntCounter::new("ok", "ok").unwrap(),
             failed: IntCounter::new("failed", "failed").unwrap(),
+            inline: IntCounter::new("inline", "inline").unwrap(),
         }
     }
 
@@ -538,5 +670,83 @@ mod tests {
         assert_eq!(m.batch_size.get_sample_count(), 1);
         assert_eq!(m.batch_size.get_sample_sum(), 6.0);
         assert_eq!(m.ok.get(), 1);
+    }
+
+    fn one(value: f64) -> Vec<Tensor> {
+        vec![Tensor::full([1, 2], value, tch::kind::FLOAT_CPU)]
+    }
+
+    /// Marks the last `forward` as fast (a test machine's own timing may
+    /// not be).
+    fn fast(batcher: &Batcher) {
+        batcher.exec.last_forward_ns.store(1_000, Ordering::Relaxed);
+    }
+
+    /// An idle model runs a request inline once it has been timed under
+    /// the bound; queued or running work, a queue delay, a slow last
+    /// `forward` or `inline: false` send it to the queue instead.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_fast_model_runs_a_request_inline_and_a_busy_one_queues_it() {
+        let m = metrics();
+        let batcher = start(BatchConfig::default(), m.clone());
+        assert!(
+            batcher.run_inline(&one(1.0), 1, None).is_none(),
+            "no forward timed yet"
+        );
+        let queued = batcher.submit(one(1.0), 1, 0, None).unwrap();
+        queued.await.unwrap().unwrap();
+        // The instance marks itself idle just after replying.
+        let idle = Instant::now() + Duration::from_secs(10);
+        while batcher.queue.lock().running > 0 {
+            assert!(Instant::now() < idle, "the instance never went idle");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        fast(&batcher);
+        let out = batcher.run_inline(&one(3.0), 1, None).unwrap().unwrap();
+        assert_eq!(
+            Vec::<f32>::try_from(out[0].flatten(0, 1)).unwrap(),
+            vec![6.0, 6.0]
+        );
+        assert_eq!((m.inline.get(), m.ok.get()), (1, 2));
+        let past = Instant::now() - Duration::from_millis(1);
+        fast(&batcher);
+        assert!(matches!(
+            batcher.run_inline(&one(1.0), 1, Some(past)),
+            Some(Err(Error::DeadlineExceeded(_)))
+        ));
+
+        batcher.queue.lock().running += 1;
+        assert!(
+            batcher.run_inline(&one(1.0), 1, None).is_none(),
+            "a batch runs"
+        );
+        batcher.queue.lock().running -= 1;
+        let slow = INLINE_MAX_FORWARD.as_nanos() as u64 + 1;
+        batcher.exec.last_forward_ns.store(slow, Ordering::Relaxed);
+        assert!(
+            batcher.run_inline(&one(1.0), 1, None).is_none(),
+            "slow model"
+        );
+        fast(&batcher);
+        assert!(
+            batcher.run_inline(&one(1.0), 300, None).is_none(),
+            "too many rows"
+        );
+        assert!(batcher.run_inline(&one(1.0), 1, None).is_some());
+
+        for config in [
+            BatchConfig {
+                inline: false,
+                ..Default::default()
+            },
+            BatchConfig {
+                max_queue_delay: Duration::from_micros(100),
+                ..Default::default()
+            },
+        ] {
+            let b = start(config, metrics());
+            fast(&b);
+            assert!(b.run_inline(&one(1.0), 1, None).is_none(), "{config:?}");
+        }
     }
 }

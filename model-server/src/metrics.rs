@@ -25,6 +25,8 @@ pub struct ServerMetrics {
     pub inferences: IntCounterVec,
     /// Model execution time by model.
     pub inference_duration: HistogramVec,
+    /// `forward` calls run on the request's own thread (idle model), by model.
+    pub inline_inferences: IntCounterVec,
     /// Rows per `forward` call by model.
     pub batch_size: HistogramVec,
     /// Users not found in the online snapshot, by model.
@@ -113,6 +115,12 @@ impl ServerMetrics {
             "Model forward calls by model, version and outcome (ok|error)",
             &["model", "version", "outcome"],
         )?;
+        let inline_inferences = counter(
+            "encore_model_server_inline_inferences_total",
+            "Model forward calls run on the request's own thread because the model was idle \
+             (no hand-off to a model instance), by model",
+            &["model"],
+        )?;
         let snapshot_misses = counter(
             "encore_model_server_feature_snapshot_misses_total",
             "Users not in the model's online feature snapshot (served a fallback), by model",
@@ -164,6 +172,7 @@ impl ServerMetrics {
             queue_duration,
             inferences,
             inference_duration,
+            inline_inferences,
             batch_size,
             snapshot_misses,
             item_index_items,

@@ -204,6 +204,9 @@ impl ServedModel {
             .map_or(1, |(t, _)| {
                 t.size().first().copied().unwrap_or(1).max(0) as usize
             });
+        if let Some(result) = self.batcher.run_inline(&inputs, rows, deadline) {
+            return result;
+        }
         let receiver = self.batcher.submit(inputs, rows, key, deadline)?;
         let reply = match deadline {
             Some(deadline) => tokio::time::timeout_at(deadline.into(), receiver)
@@ -246,17 +249,33 @@ impl ServedModel {
         }
         let tensor = Tensor::from_slice(&features).view([n as i64, width as i64]);
         let outputs = self.run(vec![tensor], 0, deadline).await?;
-        outputs
-            .iter()
-            .map(|t| {
-                Vec::<f32>::try_from(t.to_kind(Kind::Float).flatten(0, -1)).map_err(|source| {
-                    Error::Torch {
-                        model: self.label(),
-                        source,
-                    }
-                })
-            })
-            .collect()
+        outputs.iter().map(|t| self.host_f32(t, n)).collect()
+    }
+
+    /// The `n` values of a churn output (one per row) as host floats: one
+    /// copy when the module returned contiguous f32 on the CPU (the usual
+    /// case), a conversion first otherwise.
+    fn host_f32(&self, t: &Tensor, n: usize) -> Result<Vec<f32>> {
+        let torch = |source| Error::Torch {
+            model: self.label(),
+            source,
+        };
+        if t.numel() != n {
+            return Err(Error::Internal(format!(
+                "model {} returned an output of shape {:?} for {n} rows",
+                self.label(),
+                t.size()
+            )));
+        }
+        let mut values = vec![0f32; n];
+        if t.kind() == Kind::Float {
+            t.f_copy_data(&mut values, n).map_err(torch)?;
+        } else {
+            t.f_to_kind(Kind::Float)
+                .and_then(|f| f.f_copy_data(&mut values, n))
+                .map_err(torch)?;
+        }
+        Ok(values)
     }
 
     /// Churn scores of `user_ids`; users missing from the snapshot get the

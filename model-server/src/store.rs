@@ -344,6 +344,7 @@ impl ModelStore {
             batch_size: m.batch_size.with_label_values(&[name]),
             ok: m.inferences.with_label_values(&[name, &v, "ok"]),
             failed: m.inferences.with_label_values(&[name, &v, "error"]),
+            inline: m.inline_inferences.with_label_values(&[name]),
         };
         let loaded = ServedModel::load(
             &self.registry,

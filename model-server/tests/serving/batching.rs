@@ -29,6 +29,7 @@ async fn concurrent_requests_are_coalesced_and_each_gets_its_own_rows() {
             max_queue_delay: Duration::from_millis(20),
             max_queue_size: 1000,
             instances: 1,
+            ..Default::default()
         };
     })
     .await;
@@ -66,6 +67,7 @@ async fn a_full_queue_refuses_with_resource_exhausted_and_deadlines_are_honoured
             max_queue_delay: Duration::ZERO,
             max_queue_size: 2,
             instances: 1,
+            ..Default::default()
         };
     })
     .await;
@@ -138,6 +140,7 @@ async fn shutdown_drains_in_flight_requests() {
             max_queue_delay: Duration::ZERO,
             max_queue_size: 100,
             instances: 1,
+            ..Default::default()
         };
     })
     .await;
@@ -156,5 +159,38 @@ async fn shutdown_drains_in_flight_requests() {
             response.is_ok(),
             "in-flight request lost at shutdown: {response:?}"
         );
+    }
+}
+
+/// One request at a time finds the model idle: after the first (queued; it
+/// times the model) they run on the request's own thread, with the same
+/// answers; `inline: false` keeps every one on an instance thread.
+#[tokio::test]
+async fn an_idle_fast_model_runs_requests_inline_unless_turned_off() {
+    for inline in [true, false] {
+        let registry = tempfile::tempdir().unwrap();
+        export_slow(registry.path(), 0);
+        let server = serve_with(registry.path(), |c| c.batch.inline = inline).await;
+        let mut client = client(server.addr()).await;
+        let requests = 20;
+        for i in 0..requests {
+            let r = client.model_infer(x(i as f32)).await.unwrap().into_inner();
+            assert_eq!(floats(&r.raw_output_contents[0]), vec![i as f32]);
+        }
+        let text = metrics(server.addr()).await;
+        let value = |s: &str| encore_tests::metric_value(&text, s).unwrap_or(0.0);
+        let calls = value("encore_model_server_batch_size_count{model=\"slow\"}");
+        let inlined = value("encore_model_server_inline_inferences_total{model=\"slow\"}");
+        assert_eq!(calls, requests as f64, "{text}");
+        if inline {
+            // Not all: the first request has no timing to go by (a slow
+            // forward on a loaded machine sends the next one to the queue).
+            assert!(
+                inlined >= 1.0 && inlined < requests as f64,
+                "{inlined} of {requests} ran inline:\n{text}"
+            );
+        } else {
+            assert_eq!(inlined, 0.0, "{text}");
+        }
     }
 }
