@@ -4,12 +4,15 @@
 //! instances, each on its own thread with its own TorchScript module (as
 //! Triton's instance groups).
 //!
-//! A request that finds the model idle (nothing queued, no batch running)
-//! and the model fast (its last `forward` took under [`INLINE_MAX_FORWARD`])
-//! runs at once on the thread that decoded it, with an idle instance's
-//! module: at low load that saves the two thread hand-offs (to an instance
-//! and back), which on a small machine cost more than a small `forward`
-//! itself. Under load the queue is never empty, so requests batch as before.
+//! With [`BatchConfig::inline`], a request that finds the model idle
+//! (nothing queued, no batch running) and fast (its last `forward` took
+//! under [`INLINE_MAX_FORWARD`]) runs at once on the async thread that
+//! decoded it, with an idle instance's module: that saves the two thread
+//! hand-offs (to an instance and back), which on a small machine cost more
+//! than a small `forward`, so latency and CPU per request drop at low load.
+//! It is off by default because at moderate load it costs the tail: an
+//! async thread descheduled in the middle of a `forward` stalls every
+//! connection it serves (measured in benches/RESULTS.md).
 //!
 //! A full queue refuses new work ([`Error::Overloaded`] → RESOURCE_EXHAUSTED);
 //! a request whose deadline passed while queued is answered
@@ -41,7 +44,8 @@ pub struct BatchConfig {
     /// Model instances (threads, each with its own module) per version.
     pub instances: usize,
     /// Let a request that finds the model idle run on its own thread (only
-    /// with no `max_queue_delay`: a delay asks for batches).
+    /// with no `max_queue_delay`: a delay asks for batches). Off by default:
+    /// it helps at low load and hurts tails at moderate load (module docs).
     pub inline: bool,
 }
 
@@ -57,7 +61,7 @@ impl Default for BatchConfig {
             max_queue_delay: Duration::ZERO,
             max_queue_size: 4096,
             instances: 2,
-            inline: true,
+            inline: false,
         }
     }
 }
@@ -688,7 +692,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_idle_fast_model_runs_a_request_inline_and_a_busy_one_queues_it() {
         let m = metrics();
-        let batcher = start(BatchConfig::default(), m.clone());
+        let inline = BatchConfig {
+            inline: true,
+            ..Default::default()
+        };
+        let batcher = start(inline, m.clone());
         assert!(
             batcher.run_inline(&one(1.0), 1, None).is_none(),
             "no forward timed yet"
@@ -735,13 +743,10 @@ mod tests {
         assert!(batcher.run_inline(&one(1.0), 1, None).is_some());
 
         for config in [
-            BatchConfig {
-                inline: false,
-                ..Default::default()
-            },
+            BatchConfig::default(),
             BatchConfig {
                 max_queue_delay: Duration::from_micros(100),
-                ..Default::default()
+                ..inline
             },
         ] {
             let b = start(config, metrics());
