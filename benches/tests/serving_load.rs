@@ -1,0 +1,113 @@
+//! `serving-load` against `kserve-echo`, both real processes on 127.0.0.1:
+//! the closed and open loops count every request, time them, and report the
+//! CPU both sides spent; bad arguments fail with a message naming them.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+/// A running `kserve-echo`, stopped when dropped.
+struct Echo {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn echo() -> Echo {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kserve-echo"))
+        .arg("--port")
+        .arg("0")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("kserve-echo listening on "), "{line}");
+    let addr = line.trim().rsplit(' ').next().unwrap().to_owned();
+    Echo { child, addr }
+}
+
+/// Runs `serving-load`: (succeeded, its JSON lines, stderr).
+fn load(args: &[&str]) -> (bool, Vec<serde_json::Value>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_serving-load"))
+        .args(args)
+        .output()
+        .unwrap();
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (
+        out.status.success(),
+        lines,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn f(line: &serde_json::Value, key: &str) -> f64 {
+    line[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+}
+
+#[test]
+fn closed_and_open_loops_count_time_and_cost_every_request() {
+    let server = echo();
+    let pid = server.child.id().to_string();
+    let common = ["--addr", &server.addr, "--warmup-seconds", "0.1"];
+
+    let mut args = common.to_vec();
+    args.extend([
+        "--concurrency",
+        "1,4",
+        "--seconds",
+        "0.5",
+        "--server-pid",
+        &pid,
+    ]);
+    let (ok, lines, err) = load(&args);
+    assert!(ok, "{err}");
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for (line, concurrency) in lines.iter().zip([1, 4]) {
+        assert_eq!(line["concurrency"], concurrency, "{line}");
+        assert_eq!(line["errors"], 0, "{line}");
+        assert!(f(line, "ok") >= 10.0, "{line}");
+        assert!(f(line, "p50_ms") > 0.0 && f(line, "p50_ms") <= f(line, "p99_ms"));
+        assert!(f(line, "server_cpu_us_per_request") > 0.0, "{line}");
+        assert!(f(line, "client_cpu_us_per_request") > 0.0, "{line}");
+    }
+
+    // 400 req/s for 0.5 s: exactly 200 measured sends, each answered. A
+    // response is read when it arrives, not after the next send's wait, so
+    // the median is well under the 2.5 ms between sends (a generator that
+    // slept through responses reported about two intervals).
+    let mut args = common.to_vec();
+    args.extend(["--rate", "400", "--seconds", "0.5", "--server-pid", &pid]);
+    let (ok, lines, err) = load(&args);
+    assert!(ok, "{err}");
+    let line = &lines[0];
+    assert_eq!((f(line, "ok"), f(line, "errors")), (200.0, 0.0), "{line}");
+    assert_eq!(f(line, "rate"), 400.0);
+    assert!(f(line, "p50_ms") < 2.5, "{line}");
+    assert!(f(line, "send_lag_p99_ms") >= 0.0, "{line}");
+    assert!(f(line, "server_cpu_us_per_request") > 0.0, "{line}");
+}
+
+#[test]
+fn an_unreachable_server_or_a_missing_server_process_is_named() {
+    let (ok, _, err) = load(&["--addr", "127.0.0.1:1", "--concurrency", "1"]);
+    assert!(!ok);
+    assert!(err.contains("cannot connect to 127.0.0.1:1"), "{err}");
+
+    let server = echo();
+    let (ok, _, err) = load(&["--addr", &server.addr, "--server-pid", "4294967295"]);
+    assert!(!ok);
+    assert!(err.contains("--server-pid 4294967295"), "{err}");
+}
