@@ -190,7 +190,8 @@ impl ServedModel {
         self.batcher.queued()
     }
 
-    /// Runs `forward` on module-level `inputs` through the batcher.
+    /// Runs `forward` on module-level `inputs` through the batcher (at once,
+    /// on this thread, when it runs idle requests inline).
     pub async fn run(
         &self,
         inputs: Vec<Tensor>,
