@@ -26,12 +26,13 @@ async fn polling_on_version_1(
     .await
 }
 
-/// Points `production` at `version`, atomically as the registry does
-/// (temp name, then rename).
+/// Points `production` at `version`, atomically as the registry does.
 fn move_production_to(registry: &std::path::Path, version: u64) {
-    let tmp = registry.join("churn/.aliases.json.tmp");
-    std::fs::write(&tmp, format!(r#"{{"production": {version}}}"#)).unwrap();
-    std::fs::rename(&tmp, registry.join("churn/aliases.json")).unwrap();
+    encore_common::fs::write_atomic(
+        &registry.join("churn/aliases.json"),
+        format!(r#"{{"production": {version}}}"#),
+    )
+    .unwrap();
 }
 
 /// Scores user 60 until `version` answers (within `within`); its answer.
