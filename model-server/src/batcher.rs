@@ -14,11 +14,17 @@
 //! async thread descheduled in the middle of a `forward` stalls every
 //! connection it serves (measured in benches/RESULTS.md).
 //!
+//! Every thread that runs a module first adopts the process's intra-op
+//! thread count ([`adopt_torch_threads`]): OpenMP and MKL keep it per
+//! thread, so a fresh thread would otherwise run its matrix products with a
+//! team as wide as the machine.
+//!
 //! A full queue refuses new work ([`Error::Overloaded`] → RESOURCE_EXHAUSTED);
 //! a request whose deadline passed while queued is answered
 //! DEADLINE_EXCEEDED without running; closing the queue (the model version
 //! is replaced or the server stops) lets the instances drain what is queued.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -123,6 +129,27 @@ pub struct Batcher {
     exec: Arc<Exec>,
     modules: Arc<[Mutex<CModule>]>,
     _instances: Vec<JoinHandle<()>>,
+}
+
+/// Makes the intra-op thread count set for the process (`tch::set_num_threads`
+/// at start-up) hold on the calling thread; once per thread, cheap after.
+///
+/// OpenMP's and MKL's thread counts are per thread, and libtorch copies its
+/// setting to a new thread only when an operator is large enough to consider
+/// splitting. Until then MKL runs a small model's matrix products on that
+/// thread with a team as wide as the machine: one helper thread per core
+/// started beside each instance, spinning between products. On the 2-core
+/// bench machine that cost ~20% of the server's CPU per churn request at 8
+/// concurrent clients (benches/RESULTS.md).
+pub fn adopt_torch_threads() {
+    thread_local!(static ADOPTED: Cell<bool> = const { Cell::new(false) });
+    ADOPTED.with(|adopted| {
+        if !adopted.replace(true) {
+            // `get` reads the process's setting (libtorch applies it to this
+            // thread's OpenMP on the way); `set` also applies it to MKL.
+            tch::set_num_threads(tch::get_num_threads());
+        }
+    });
 }
 
 /// `tensor` on `device`, without a dispatched no-op `to` when it is there
@@ -276,6 +303,7 @@ impl Batcher {
                         self.label
                     )));
                 }
+                adopt_torch_threads();
                 let m = &self.exec.metrics;
                 m.inline.inc();
                 m.queue.observe(0.0);
@@ -327,6 +355,7 @@ struct Worker {
 
 impl Worker {
     fn run(self) {
+        adopt_torch_threads();
         while let Some(batch) = self.next_batch() {
             let _running = Running(&self.queue);
             self.execute(batch);
@@ -753,5 +782,56 @@ mod tests {
             fast(&b);
             assert!(b.run_inline(&one(1.0), 1, None).is_none(), "{config:?}");
         }
+    }
+
+    /// Threads of this process whose name is `name` (helper threads that
+    /// OpenMP or MKL start inherit the name of the thread that started them).
+    fn threads_named(name: &str) -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .filter(|comm| comm.trim_end() == name)
+            .count()
+    }
+
+    /// With one intra-op thread set for the process (as the server does at
+    /// start-up), an instance runs a small MLP's matrix products itself: no
+    /// helper thread appears beside it, whatever the machine's core count.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_instance_runs_matrix_products_on_its_own_thread() {
+        tch::set_num_threads(1);
+        let w1 = Tensor::randn([32, 64], tch::kind::FLOAT_CPU);
+        let w2 = Tensor::randn([64, 3], tch::kind::FLOAT_CPU);
+        let mlp = move || {
+            CModule::create_by_tracing(
+                "mlp",
+                "forward",
+                &[Tensor::zeros([1, 32], tch::kind::FLOAT_CPU)],
+                &mut |x| vec![x[0].matmul(&w1).relu().matmul(&w2)],
+            )
+            .map_err(|e| Error::Internal(e.to_string()))
+        };
+        let signature = Signature {
+            batched: vec![true],
+            outputs: 1,
+            retrieval: None,
+        };
+        let config = BatchConfig {
+            instances: 1,
+            ..BatchConfig::default()
+        };
+        let batcher =
+            Batcher::start("mlp".into(), config, signature, metrics(), Device::Cpu, mlp).unwrap();
+        for rows in [1, 3, 8, 16, 64, 256] {
+            let x = Tensor::randn([rows, 32], tch::kind::FLOAT_CPU);
+            let out = batcher.submit(vec![x], rows as usize, 0, None).unwrap();
+            let out = out.await.unwrap().unwrap();
+            assert_eq!(out[0].size(), [rows, 3]);
+        }
+        assert_eq!(
+            threads_named("infer-mlp-0"),
+            1,
+            "threads named after the instance (it and any helpers it started)"
+        );
     }
 }

@@ -145,6 +145,7 @@ impl ServedModel {
         if let Some(args) = probe {
             let module = first.take().map_or_else(load_module, Ok)?;
             let args: Vec<IValue> = args.into_iter().map(IValue::Tensor).collect();
+            crate::batcher::adopt_torch_threads();
             tch::no_grad(|| module.forward_is(&args)).map_err(|e| Error::Registry {
                 path: path.clone(),
                 reason: format!("a one-row probe on {device:?} failed: {e}"),
