@@ -1,26 +1,32 @@
 //! File writes that readers never see half done.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// A hidden temporary path beside `path` for a file that will be renamed
+/// over it: `.<name>.<pid>.<n>.tmp`, unique to this call, so concurrent
+/// writers never write into each other's file.
+pub fn temporary_beside(path: &Path) -> PathBuf {
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    path.with_file_name(format!(
+        ".{name}.{}.{}.tmp",
+        std::process::id(),
+        CALLS.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
 /// Writes `contents` to `path` so that readers see either the old file or
-/// the whole new one: into a hidden temporary file beside it
-/// (`.<name>.<pid>.<n>.tmp`, unique to this call, so concurrent writers
-/// never write into each other's file), then renamed over it. Creates the
-/// folder if it is missing; on error the temporary file is removed.
+/// the whole new one: into a [`temporary_beside`] it, then renamed over it.
+/// Creates the folder if it is missing; on error the temporary file is
+/// removed.
 pub fn write_atomic(path: &Path, contents: impl AsRef<[u8]>) -> std::io::Result<()> {
-    static WRITES: AtomicU64 = AtomicU64::new(0);
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
     std::fs::create_dir_all(dir)?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(
-        ".{name}.{}.{}.tmp",
-        std::process::id(),
-        WRITES.fetch_add(1, Ordering::Relaxed)
-    ));
+    let tmp = temporary_beside(path);
     let written = std::fs::write(&tmp, contents).and_then(|()| std::fs::rename(&tmp, path));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);

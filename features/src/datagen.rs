@@ -922,20 +922,28 @@ pub fn write_atomic(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
     encore_common::fs::write_atomic(path, contents).map_err(Error::io(path))
 }
 
-/// Writes one Parquet file atomically: to a hidden temporary name, then renamed.
+/// Writes one Parquet file atomically: into a temporary file beside it
+/// ([`encore_common::fs::temporary_beside`], unique per call, so two
+/// writers of the same file never interleave), then renamed over it; on
+/// error the temporary file is removed.
 pub fn write_parquet(dir: &Path, file_name: &str, batch: RecordBatch) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
     let path = dir.join(file_name);
-    let tmp = dir.join(format!(".{file_name}.tmp"));
-    let file = std::fs::File::create(&tmp).map_err(Error::io(&tmp))?;
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .build();
-    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
-    writer.write(&batch)?;
-    writer.close()?;
-    std::fs::rename(&tmp, &path).map_err(Error::io(&path))?;
-    Ok(path)
+    let tmp = encore_common::fs::temporary_beside(&path);
+    let written = (|| {
+        let file = std::fs::File::create(&tmp).map_err(Error::io(&tmp))?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .build();
+        let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
+        writer.write(&batch)?;
+        writer.close()?;
+        std::fs::rename(&tmp, &path).map_err(Error::io(&path))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map(|()| path)
 }
 
 #[cfg(test)]
@@ -984,6 +992,53 @@ mod tests {
         let mut seen = Vec::new();
         generate(&small(), dir.path(), |d, t| seen.push((d, t))).unwrap();
         assert_eq!(seen, vec![(1, 3), (2, 3), (3, 3)]);
+    }
+
+    /// Writers racing on one file each write their own temporary file: the
+    /// file left is one writer's whole batch, and no temporary remains.
+    #[test]
+    fn concurrent_parquet_writers_each_land_a_whole_file() {
+        use arrow::datatypes::{DataType, Field, Schema};
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        std::thread::scope(|s| {
+            for writer in 0..6i64 {
+                let (dir, schema) = (dir.path(), schema.clone());
+                s.spawn(move || {
+                    let values: Vec<i64> = vec![writer; 50_000];
+                    let column: ArrayRef = Arc::new(Int64Array::from(values));
+                    for _ in 0..5 {
+                        let batch = RecordBatch::try_new(schema.clone(), vec![column.clone()]);
+                        write_parquet(dir, "part.parquet", batch.unwrap()).unwrap();
+                    }
+                });
+            }
+        });
+        let file = std::fs::File::open(dir.path().join("part.parquet")).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+        let mut values = Vec::new();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let column = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap();
+            values.extend(column.values().iter().copied());
+        }
+        assert_eq!(values.len(), 50_000);
+        assert!(
+            values.iter().all(|&v| v == values[0]),
+            "rows of several writers"
+        );
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["part.parquet"]);
     }
 
     #[test]
