@@ -4,6 +4,14 @@
 //! instances, each on its own thread with its own TorchScript module (as
 //! Triton's instance groups).
 //!
+//! A request wakes an idle instance only when no batch is running: while
+//! one runs, arrivals wait for its instance, which takes them as one batch
+//! when it finishes (fewer, larger batches and fewer thread wake-ups than
+//! waking a second instance per arrival). A second instance is woken when
+//! the queue holds a full batch (bulk work, such as Flight's chunks, runs on
+//! all instances) or its oldest request has waited [`SPILL_AFTER`] (a long
+//! batch, or an instance thread the kernel has not scheduled).
+//!
 //! With [`BatchConfig::inline`], a request that finds the model idle
 //! (nothing queued, no batch running) and fast (its last `forward` took
 //! under [`INLINE_MAX_FORWARD`]) runs at once on the async thread that
@@ -60,6 +68,10 @@ pub struct BatchConfig {
 /// so it may only be kept briefly.
 pub const INLINE_MAX_FORWARD: Duration = Duration::from_micros(200);
 
+/// How long the oldest queued request may wait behind a running batch
+/// before a request arriving wakes a second instance for it.
+pub const SPILL_AFTER: Duration = Duration::from_micros(500);
+
 impl Default for BatchConfig {
     fn default() -> Self {
         Self {
@@ -107,6 +119,10 @@ struct State {
     closed: bool,
     /// Batches running now: on instances, or inline (at most one).
     running: usize,
+    /// Rows in `jobs`.
+    queued_rows: usize,
+    /// Instances blocked on `Queue::ready` (for work, or for a batch window).
+    waiting: usize,
 }
 
 struct Queue {
@@ -258,11 +274,26 @@ impl Batcher {
             deadline,
             reply,
         });
+        state.queued_rows += rows;
+        // While a batch runs, its instance takes what queued meanwhile when
+        // it finishes, as one batch: waking another instance for each
+        // arrival would run many small batches (more wake-ups, more CPU per
+        // request). Another instance is woken when none runs, or when the
+        // queue holds a full batch (bulk work: instances run side by side)
+        // or its oldest request has waited SPILL_AFTER (the running batch is
+        // long, or its thread is off its core).
+        // An instance not waiting looks at the queue before it waits.
+        let wake = state.waiting > 0
+            && (state.running == 0
+                || state.queued_rows >= self.config.max_batch_size
+                || state.jobs[0].enqueued.elapsed() >= SPILL_AFTER);
         drop(state);
         // One waiting instance is enough: every waiter runs the same checks
         // (work queued? window over or batch full?), so whichever wakes takes
         // the batch when it is due, and passes the wake-up on if work is left.
-        self.queue.ready.notify_one();
+        if wake {
+            self.queue.ready.notify_one();
+        }
         Ok(receiver)
     }
 
@@ -290,7 +321,10 @@ impl Batcher {
             // Counted as a running batch: a second request meanwhile queues
             // for an instance rather than holding another async thread.
             state.running += 1;
-            Running(&self.queue)
+            Running {
+                queue: &self.queue,
+                inline: true,
+            }
         };
         self.modules
             .iter()
@@ -318,11 +352,22 @@ impl Batcher {
 }
 
 /// Counts one running batch down when dropped (also if a batch panics).
-struct Running<'a>(&'a Queue);
+/// An instance then looks at the queue itself; an inline run wakes an
+/// instance for what queued behind it (`submit` did not while it ran).
+struct Running<'a> {
+    queue: &'a Queue,
+    inline: bool,
+}
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        self.0.lock().running -= 1;
+        let mut state = self.queue.lock();
+        state.running -= 1;
+        let wake = self.inline && !state.jobs.is_empty();
+        drop(state);
+        if wake {
+            self.queue.ready.notify_one();
+        }
     }
 }
 
@@ -357,7 +402,10 @@ impl Worker {
     fn run(self) {
         adopt_torch_threads();
         while let Some(batch) = self.next_batch() {
-            let _running = Running(&self.queue);
+            let _running = Running {
+                queue: &self.queue,
+                inline: false,
+            };
             self.execute(batch);
         }
     }
@@ -390,11 +438,13 @@ impl Worker {
                 if state.closed {
                     return None;
                 }
+                state.waiting += 1;
                 state = self
                     .queue
                     .ready
                     .wait(state)
                     .unwrap_or_else(|p| p.into_inner());
+                state.waiting -= 1;
             }
             let window_end = state.jobs[0].enqueued + self.config.max_queue_delay;
             loop {
@@ -406,16 +456,19 @@ impl Worker {
                 {
                     break;
                 }
+                state.waiting += 1;
                 state = self
                     .queue
                     .ready
                     .wait_timeout(state, window_end - now)
                     .unwrap_or_else(|p| p.into_inner())
                     .0;
+                state.waiting -= 1;
             }
             let Some(first) = state.jobs.pop_front() else {
                 continue; // another instance took it
             };
+            state.queued_rows -= first.rows;
             let mut rows = first.rows;
             let key = first.key;
             let mut batch = vec![first];
@@ -424,6 +477,7 @@ impl Worker {
                 let job = &state.jobs[i];
                 if job.key == key && rows + job.rows <= self.config.max_batch_size {
                     rows += job.rows;
+                    state.queued_rows -= job.rows;
                     batch.extend(state.jobs.remove(i));
                 } else {
                     i += 1;
@@ -782,6 +836,59 @@ mod tests {
             fast(&b);
             assert!(b.run_inline(&one(1.0), 1, None).is_none(), "{config:?}");
         }
+    }
+
+    /// While a batch runs, arrivals wait for its instance instead of waking
+    /// another; a request that has waited SPILL_AFTER, or a full batch's
+    /// worth of rows, wakes an idle instance.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_running_batch_keeps_arrivals_until_they_spill() {
+        let config = BatchConfig {
+            max_batch_size: 4,
+            instances: 2,
+            ..BatchConfig::default()
+        };
+        let batcher = start(config, metrics());
+        let started = Instant::now() + Duration::from_secs(20);
+        while batcher.queue.lock().waiting < 2 {
+            assert!(
+                Instant::now() < started,
+                "the instances never started waiting"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let answered = |reply: oneshot::Receiver<Result<Outputs>>| async move {
+            tokio::time::timeout(Duration::from_secs(20), reply)
+                .await
+                .expect("never answered")
+                .unwrap()
+                .unwrap()
+        };
+        // A batch that never finishes is "running"; both instances are idle.
+        batcher.queue.lock().running += 1;
+        let first = batcher.submit(one(1.0), 1, 0, None).unwrap();
+        let second = batcher.submit(one(2.0), 1, 0, None).unwrap();
+        std::thread::sleep(SPILL_AFTER * 20);
+        assert_eq!(
+            batcher.queued(),
+            2,
+            "an instance was woken while a batch ran"
+        );
+        // The oldest has now waited past SPILL_AFTER: the next arrival wakes
+        // an instance, which takes all three in one batch.
+        let third = batcher.submit(one(3.0), 1, 0, None).unwrap();
+        for (reply, value) in [(first, 2.0), (second, 4.0), (third, 6.0)] {
+            let out = answered(reply).await;
+            assert_eq!(
+                Vec::<f32>::try_from(out[0].flatten(0, 1)).unwrap(),
+                vec![value; 2]
+            );
+        }
+        // A full batch's worth of rows wakes one at once.
+        let rows = Tensor::full([4, 2], 1.0, tch::kind::FLOAT_CPU);
+        let full = batcher.submit(vec![rows], 4, 0, None).unwrap();
+        assert_eq!(answered(full).await[0].size(), [4, 2]);
+        batcher.queue.lock().running -= 1;
     }
 
     /// Threads of this process whose name is `name` (helper threads that
