@@ -4,13 +4,15 @@
 //! instances, each on its own thread with its own TorchScript module (as
 //! Triton's instance groups).
 //!
-//! A request wakes an idle instance only when no batch is running: while
-//! one runs, arrivals wait for its instance, which takes them as one batch
-//! when it finishes (fewer, larger batches and fewer thread wake-ups than
-//! waking a second instance per arrival). A second instance is woken when
-//! the queue holds a full batch (bulk work, such as Flight's chunks, runs on
-//! all instances) or its oldest request has waited [`SPILL_AFTER`] (a long
-//! batch, or an instance thread the kernel has not scheduled).
+//! A request wakes an idle instance only when no batch is running, or when
+//! the model is slow (its `forward` takes [`SPILL_AFTER`] or more, on a
+//! moving average):
+//! while a fast model's batch runs, arrivals wait for its instance, which
+//! takes them as one batch when it finishes (fewer, larger batches and fewer
+//! thread wake-ups than waking a second instance per arrival). A second
+//! instance is also woken when the queue holds a full batch (bulk work, such
+//! as Flight's chunks, runs on all instances) or its oldest request has
+//! waited [`SPILL_AFTER`] (an instance thread the kernel has not scheduled).
 //!
 //! With [`BatchConfig::inline`], a request that finds the model idle
 //! (nothing queued, no batch running) and fast (its last `forward` took
@@ -69,7 +71,8 @@ pub struct BatchConfig {
 pub const INLINE_MAX_FORWARD: Duration = Duration::from_micros(200);
 
 /// How long the oldest queued request may wait behind a running batch
-/// before a request arriving wakes a second instance for it.
+/// before a request arriving wakes a second instance for it; a model whose
+/// `forward` typically takes this long wakes one for every arrival.
 pub const SPILL_AFTER: Duration = Duration::from_micros(500);
 
 impl Default for BatchConfig {
@@ -211,6 +214,7 @@ impl Batcher {
             device,
             label: label.clone(),
             last_forward_ns: AtomicU64::new(u64::MAX),
+            typical_forward_ns: AtomicU64::new(u64::MAX),
         });
         let modules: Arc<[Mutex<CModule>]> = (0..config.instances.max(1))
             .map(|_| load().map(Mutex::new))
@@ -275,16 +279,19 @@ impl Batcher {
             reply,
         });
         state.queued_rows += rows;
-        // While a batch runs, its instance takes what queued meanwhile when
-        // it finishes, as one batch: waking another instance for each
-        // arrival would run many small batches (more wake-ups, more CPU per
-        // request). Another instance is woken when none runs, or when the
-        // queue holds a full batch (bulk work: instances run side by side)
-        // or its oldest request has waited SPILL_AFTER (the running batch is
-        // long, or its thread is off its core).
-        // An instance not waiting looks at the queue before it waits.
+        // While a fast model's batch runs, its instance takes what queued
+        // meanwhile when it finishes, as one batch: waking another instance
+        // for each arrival would run many small batches (more wake-ups, more
+        // CPU per request). Another instance is woken when none runs, when
+        // the model is slow (waiting for the batch would cost more than a
+        // wake-up), when the queue holds a full batch (bulk work: instances
+        // run side by side), or when its oldest request has waited
+        // SPILL_AFTER (the running instance is off its core). An instance
+        // not waiting looks at the queue before it waits.
+        let spill = SPILL_AFTER.as_nanos() as u64;
         let wake = state.waiting > 0
             && (state.running == 0
+                || self.exec.typical_forward_ns.load(Ordering::Relaxed) >= spill
                 || state.queued_rows >= self.config.max_batch_size
                 || state.jobs[0].enqueued.elapsed() >= SPILL_AFTER);
         drop(state);
@@ -387,6 +394,10 @@ struct Exec {
     label: String,
     /// How long the latest `forward` took (u64::MAX before the first).
     last_forward_ns: AtomicU64,
+    /// A moving average of `forward`'s time (weight 1/8 on the latest), so
+    /// that one call stretched by the kernel taking its thread off a core
+    /// does not make a fast model look slow (u64::MAX before the first).
+    typical_forward_ns: AtomicU64,
 }
 
 struct Worker {
@@ -540,15 +551,21 @@ impl Worker {
 
 impl Exec {
     /// [`Exec::forward`] with its metrics: batch size, time, outcome; the
-    /// time is kept for the inline decision.
+    /// time is kept for the inline and wake-up decisions.
     fn run(&self, module: &CModule, inputs: &[&[Tensor]], rows: usize) -> Result<Outputs> {
         self.metrics.batch_size.observe(rows as f64);
         let started = Instant::now();
         let result = self.forward(module, inputs, rows);
         let took = started.elapsed();
         self.metrics.inference.observe(took.as_secs_f64());
-        self.last_forward_ns
-            .store(took.as_nanos() as u64, Ordering::Relaxed);
+        let took_ns = took.as_nanos() as u64;
+        self.last_forward_ns.store(took_ns, Ordering::Relaxed);
+        // Two instances may race here; either update is a fair average.
+        let typical = match self.typical_forward_ns.load(Ordering::Relaxed) {
+            u64::MAX => took_ns,
+            old => old - old / 8 + took_ns / 8,
+        };
+        self.typical_forward_ns.store(typical, Ordering::Relaxed);
         match &result {
             Ok(_) => self.metrics.ok.inc(),
             Err(_) => self.metrics.failed.inc(),
@@ -763,10 +780,14 @@ mod tests {
         vec![Tensor::full([1, 2], value, tch::kind::FLOAT_CPU)]
     }
 
-    /// Marks the last `forward` as fast (a test machine's own timing may
-    /// not be).
+    /// Marks the model's `forward` as fast (a test machine's own timing
+    /// may not be).
     fn fast(batcher: &Batcher) {
         batcher.exec.last_forward_ns.store(1_000, Ordering::Relaxed);
+        batcher
+            .exec
+            .typical_forward_ns
+            .store(1_000, Ordering::Relaxed);
     }
 
     /// An idle model runs a request inline once it has been timed under
@@ -838,9 +859,9 @@ mod tests {
         }
     }
 
-    /// While a batch runs, arrivals wait for its instance instead of waking
-    /// another; a request that has waited SPILL_AFTER, or a full batch's
-    /// worth of rows, wakes an idle instance.
+    /// While a fast model's batch runs, arrivals wait for its instance
+    /// instead of waking another; a request that has waited SPILL_AFTER, a
+    /// full batch's worth of rows, or a slow model wakes an idle instance.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_running_batch_keeps_arrivals_until_they_spill() {
         let config = BatchConfig {
@@ -865,6 +886,7 @@ mod tests {
                 .unwrap()
         };
         // A batch that never finishes is "running"; both instances are idle.
+        fast(&batcher);
         batcher.queue.lock().running += 1;
         let first = batcher.submit(one(1.0), 1, 0, None).unwrap();
         let second = batcher.submit(one(2.0), 1, 0, None).unwrap();
@@ -888,6 +910,13 @@ mod tests {
         let rows = Tensor::full([4, 2], 1.0, tch::kind::FLOAT_CPU);
         let full = batcher.submit(vec![rows], 4, 0, None).unwrap();
         assert_eq!(answered(full).await[0].size(), [4, 2]);
+        // So does any arrival for a model whose forward is slow.
+        batcher
+            .exec
+            .typical_forward_ns
+            .store(SPILL_AFTER.as_nanos() as u64, Ordering::Relaxed);
+        let slow = batcher.submit(one(1.0), 1, 0, None).unwrap();
+        answered(slow).await;
         batcher.queue.lock().running -= 1;
     }
 
