@@ -32,11 +32,9 @@ pub(crate) fn create() -> std::io::Result<tempfile::TempDir> {
 
 fn create_in(parent: &Path) -> std::io::Result<tempfile::TempDir> {
     let dir = tempfile::Builder::new().prefix(PREFIX).tempdir_in(parent)?;
-    // Written under another name, then renamed: a sweeping executor never
-    // reads half an owner file.
-    let staged = dir.path().join(".owner.tmp");
-    std::fs::write(&staged, Owner::current().to_line())?;
-    std::fs::rename(&staged, dir.path().join(OWNER))?;
+    // Written whole or not at all: a sweeping executor never reads half an
+    // owner file.
+    encore_common::fs::write_atomic(&dir.path().join(OWNER), Owner::current().to_line())?;
     Ok(dir)
 }
 
