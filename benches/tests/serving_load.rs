@@ -88,8 +88,14 @@ fn closed_and_open_loops_count_time_and_cost_every_request() {
     // response is read when it arrives, not after the next send's wait, so
     // the median is well under the 2.5 ms between sends (a generator that
     // slept through responses reported about two intervals).
+    // `--trace` lists those 200 requests in schedule order, 2.5 ms apart,
+    // with the latencies the summary was computed from.
+    let dir = std::env::temp_dir().join(format!("serving-load-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = dir.join("trace.txt");
     let mut args = common.to_vec();
     args.extend(["--rate", "400", "--seconds", "0.5", "--server-pid", &pid]);
+    args.extend(["--trace", trace.to_str().unwrap()]);
     let (ok, lines, err) = load(&args);
     assert!(ok, "{err}");
     let line = &lines[0];
@@ -98,6 +104,26 @@ fn closed_and_open_loops_count_time_and_cost_every_request() {
     assert!(f(line, "p50_ms") < 2.5, "{line}");
     assert!(f(line, "send_lag_p99_ms") >= 0.0, "{line}");
     assert!(f(line, "server_cpu_us_per_request") > 0.0, "{line}");
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let mut rows = text.lines();
+    assert_eq!(rows.next(), Some("due_ms send_lag_ms latency_ms"));
+    let rows: Vec<Vec<f64>> = rows
+        .map(|r| r.split(' ').map(|v| v.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), 200);
+    for (i, row) in rows.iter().enumerate() {
+        assert!((row[0] - 2.5 * i as f64).abs() < 0.01, "row {i}: {row:?}");
+        assert!(row[1] >= 0.0 && row[2] > 0.0, "row {i}: {row:?}");
+    }
+    let mut latencies: Vec<f64> = rows.iter().map(|r| r[2]).collect();
+    latencies.sort_by(f64::total_cmp);
+    assert!((latencies[99] - f(line, "p50_ms")).abs() < 0.002, "{line}");
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        1,
+        "a temporary file was left"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

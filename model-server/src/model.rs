@@ -7,9 +7,10 @@ use std::time::Instant;
 
 use prometheus::{IntCounter, IntGauge};
 use tch::{Device, IValue, Kind, Tensor};
+use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use crate::batcher::{BatchConfig, BatchMetrics, Batcher, Outputs, Signature};
+use crate::batcher::{BatchConfig, BatchMetrics, Batcher, FloatOutputs, Outputs, Signature};
 use crate::contract::{Contract, MAX_K};
 use crate::error::{Error, Result};
 use crate::registry::{Manifest, Registry};
@@ -210,6 +211,31 @@ impl ServedModel {
             return result;
         }
         let receiver = self.batcher.submit(inputs, rows, key, deadline)?;
+        self.answer(receiver, deadline).await
+    }
+
+    /// Runs a module whose one input is a float matrix `[n, width]` on
+    /// `values` (its rows, row-major) through the batcher: per output, the
+    /// values of the rows as plain floats.
+    pub async fn run_floats(
+        &self,
+        values: Vec<f32>,
+        width: usize,
+        deadline: Option<Instant>,
+    ) -> Result<FloatOutputs> {
+        if let Some(result) = self.batcher.run_inline_floats(&values, width, deadline) {
+            return result;
+        }
+        let receiver = self.batcher.submit_floats(values, width, deadline)?;
+        self.answer(receiver, deadline).await
+    }
+
+    /// The batcher's reply to one request, within its deadline.
+    async fn answer<T>(
+        &self,
+        receiver: oneshot::Receiver<Result<T>>,
+        deadline: Option<Instant>,
+    ) -> Result<T> {
         let reply = match deadline {
             Some(deadline) => tokio::time::timeout_at(deadline.into(), receiver)
                 .await
@@ -249,35 +275,17 @@ impl ServedModel {
         if n == 0 {
             return Ok(vec![Vec::new(); self.manifest.outputs.len()]);
         }
-        let tensor = Tensor::from_slice(&features).view([n as i64, width as i64]);
-        let outputs = self.run(vec![tensor], 0, deadline).await?;
-        outputs.iter().map(|t| self.host_f32(t, n)).collect()
-    }
-
-    /// The `n` values of a churn output (one per row) as host floats: one
-    /// copy when the module returned contiguous f32 on the CPU (the usual
-    /// case), a conversion first otherwise.
-    fn host_f32(&self, t: &Tensor, n: usize) -> Result<Vec<f32>> {
-        let torch = |source| Error::Torch {
-            model: self.label(),
-            source,
-        };
-        if t.numel() != n {
-            return Err(Error::Internal(format!(
-                "model {} returned an output of shape {:?} for {n} rows",
-                self.label(),
-                t.size()
-            )));
+        let outputs = self.run_floats(features, width, deadline).await?;
+        for values in &outputs {
+            if values.len() != n {
+                return Err(Error::Internal(format!(
+                    "model {} returned {} values in an output for {n} rows (one per row expected)",
+                    self.label(),
+                    values.len()
+                )));
+            }
         }
-        let mut values = vec![0f32; n];
-        if t.kind() == Kind::Float {
-            t.f_copy_data(&mut values, n).map_err(torch)?;
-        } else {
-            t.f_to_kind(Kind::Float)
-                .and_then(|f| f.f_copy_data(&mut values, n))
-                .map_err(torch)?;
-        }
-        Ok(values)
+        Ok(outputs)
     }
 
     /// Churn scores of `user_ids`; users missing from the snapshot get the

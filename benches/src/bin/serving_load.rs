@@ -70,6 +70,12 @@ struct Args {
     /// generator's own.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Open loop: also write one line per measured request to this file:
+    /// when it was due (ms after the measured window opened), how late it
+    /// was sent (ms), and its latency (ms; `error` for a failed request).
+    /// Shows when a tail happened and whether the generator was behind.
+    #[arg(long)]
+    trace: Option<std::path::PathBuf>,
     /// Label written into each JSON line (e.g. encore, python).
     #[arg(long, default_value = "server")]
     label: String,
@@ -386,8 +392,12 @@ async fn open_loop(
     let mut pacer = Pacer::new()?;
     let workload = Workload::of(args);
     let (mut latencies, mut lags, mut errors) = (Vec::new(), Vec::new(), 0);
+    let mut trace = args.trace.as_ref().map(|_| Vec::new());
     let mut record = |(due, lag, latency, ok): (Instant, Duration, Duration, bool)| {
         if due >= from {
+            if let Some(trace) = &mut trace {
+                trace.push((due - from, lag, ok.then_some(latency)));
+            }
             lags.push(lag);
             if ok {
                 latencies.push(latency);
@@ -429,6 +439,9 @@ async fn open_loop(
     while let Some(answered) = in_flight.next().await {
         record(answered);
     }
+    if let (Some(path), Some(trace)) = (&args.trace, &mut trace) {
+        write_trace(path, trace)?;
+    }
     lags.sort_unstable();
     let lag_p99 = lags
         .get(lags.len().saturating_sub(1) * 99 / 100)
@@ -439,6 +452,29 @@ async fn open_loop(
         cpu_from,
         cpu_until,
     ))
+}
+
+/// Writes an open loop's per-request trace (see `--trace`), in order of
+/// the schedule, under a temporary name first so a reader never sees half.
+fn write_trace(
+    path: &std::path::Path,
+    trace: &mut [(Duration, Duration, Option<Duration>)],
+) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
+    trace.sort_unstable_by_key(|(due, _, _)| *due);
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let mut out = String::from("due_ms send_lag_ms latency_ms\n");
+    for (due, lag, latency) in trace.iter() {
+        let _ = match latency {
+            Some(l) => writeln!(out, "{:.3} {:.3} {:.3}", ms(*due), ms(*lag), ms(*l)),
+            None => writeln!(out, "{:.3} {:.3} error", ms(*due), ms(*lag)),
+        };
+    }
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(format!(".{}.tmp", std::process::id()));
+    std::fs::write(&temporary, out)
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .with_context(|| format!("--trace {}: cannot write", path.display()))
 }
 
 fn main() -> anyhow::Result<()> {
