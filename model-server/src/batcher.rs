@@ -29,8 +29,8 @@
 //! one tensor and copies each output back to plain floats once per batch,
 //! so the async threads do no tensor work for it and a batch of n requests
 //! costs two tensor copies instead of n tensors in, a concatenation and 3n
-//! slices and copies out (benches/RESULTS.md: ~15% less server CPU per
-//! churn request at high load).
+//! slices and copies out (benches/RESULTS.md: 10-25% less server CPU per
+//! churn request from concurrency 8 up).
 //!
 //! Every thread that runs a module first adopts the process's intra-op
 //! thread count ([`adopt_torch_threads`]): OpenMP and MKL keep it per
