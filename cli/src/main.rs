@@ -3,6 +3,10 @@
 //! Every command prints one clear `error: ...` line and exits non-zero on
 //! bad input; long work shows progress on stderr.
 
+// The doc comments of the command and argument structs are `--help` text,
+// written for a terminal (`<out>/plays`, `[scheduler]`), not rustdoc.
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
+
 mod cluster;
 mod commands;
 mod output;

@@ -1,22 +1,22 @@
 //! Serving contracts: how a manifest's TorchScript signature is presented to
 //! clients (DESIGN.md, "Wire APIs").
 //!
-//! - `churn`: the module takes `features` FP32 [N, F] and returns one FP32 [N]
+//! - `churn`: the module takes `features` FP32 `[N, F]` and returns one FP32 `[N]`
 //!   per horizon (`churn_7d`, `churn_15d`, `churn_30d`, ...), as a tuple or
-//!   as one [N, H] tensor whose columns are the horizons in manifest order
+//!   as one `[N, H]` tensor whose columns are the horizons in manifest order
 //!   (what a traced module, such as Encore's trainer exports, returns; any
 //!   model with several outputs may do this). Clients send
-//!   either `user_id` INT64 [N] (features looked up in the online snapshot) or
-//!   `features`; they get the horizons plus `risk_tier` BYTES [N] (of the
-//!   longest horizon) and `fallback` BOOL [N] (user not in the snapshot:
+//!   either `user_id` INT64 `[N]` (features looked up in the online snapshot) or
+//!   `features`; they get the horizons plus `risk_tier` BYTES `[N]` (of the
+//!   longest horizon) and `fallback` BOOL `[N]` (user not in the snapshot:
 //!   population prior).
-//! - `recommend`: the module takes `user_features` FP32 [N, F], `hour` INT64
-//!   [N] (-1 unknown), `device` INT64 [N] (index into the manifest's
-//!   `devices`, 0 unknown) and `k` INT64 [1], and returns `item_ids` INT64
-//!   [N, k] and `scores` FP32 [N, k] (best first). Clients send `user_id`
-//!   INT64 [N], optional `k` INT32 [1] (default 10), `hour` INT32 [N] and
-//!   `device` BYTES [N]; they get `item_ids`, `scores` (padded with -1 and NaN
-//!   when fewer than k items exist) and `fallback` BOOL [N] (cold start:
+//! - `recommend`: the module takes `user_features` FP32 `[N, F]`, `hour` INT64
+//!   `[N]` (-1 unknown), `device` INT64 `[N]` (index into the manifest's
+//!   `devices`, 0 unknown) and `k` INT64 `[1]`, and returns `item_ids` INT64
+//!   `[N, k]` and `scores` FP32 `[N, k]` (best first). Clients send `user_id`
+//!   INT64 `[N]`, optional `k` INT32 `[1]` (default 10), `hour` INT32 `[N]` and
+//!   `device` BYTES `[N]`; they get `item_ids`, `scores` (padded with -1 and NaN
+//!   when fewer than k items exist) and `fallback` BOOL `[N]` (cold start:
 //!   popular items for the context).
 //! - any other kind: the module's own signature, unchanged.
 

@@ -9,7 +9,7 @@
 //!     numeric type); out `user_id` (when given), `churn_<h>d` Float32 per
 //!     horizon, `risk_tier` Utf8, `fallback` Boolean;
 //!   - recommend: in `user_id` Int64, optional `hour` Int32 and `device`
-//!     Utf8; out `user_id`, `item_ids` List<Int64>, `scores` List<Float32>,
+//!     Utf8; out `user_id`, `item_ids` `List<Int64>`, `scores` `List<Float32>`,
 //!     `fallback` Boolean.
 //!
 //!   The whole exchange is served by one version (A/B split by the first

@@ -147,7 +147,7 @@ fn routing_key(request: &ModelInferRequest) -> u64 {
         .unwrap_or_else(anonymous_routing_key)
 }
 
-/// Per-row values of an optional [N] input, or one value broadcast to N rows.
+/// Per-row values of an optional `[N]` input, or one value broadcast to N rows.
 fn per_row<T: Clone>(name: &str, values: Vec<T>, n: usize, default: T) -> Result<Vec<T>> {
     match values.len() {
         0 => Ok(vec![default; n]),

@@ -262,7 +262,7 @@ impl ServedModel {
         (rows, features)
     }
 
-    /// Churn probabilities for `features` rows ([n, F], row-major).
+    /// Churn probabilities for `features` rows (`[n, F]`, row-major).
     pub async fn churn_features(
         &self,
         features: Vec<f32>,

@@ -122,7 +122,7 @@ impl RiskTiers {
 ///
 /// `inputs` and `outputs` describe the TorchScript `forward`; for the `churn`
 /// and `recommend` kinds the server wraps them in the contracts of DESIGN.md
-/// (see [`crate::contract`]).
+/// (see `encore_model_server::contract`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     /// Model name.

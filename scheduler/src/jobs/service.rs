@@ -1,7 +1,7 @@
 //! The job service: `encore.v1.Jobs` for users and `encore.v1.JobWorker`
 //! for executors, over one [`JobStore`] and one event channel.
 //!
-//! Every state change goes through [`JobService::transition`], which writes
+//! Every state change goes through `JobService::save`, which writes
 //! the store first and then publishes the event, so a watcher never sees a
 //! state the store does not hold.
 
