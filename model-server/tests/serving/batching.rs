@@ -172,19 +172,31 @@ async fn an_idle_fast_model_runs_requests_inline_unless_turned_off() {
         export_slow(registry.path(), 0);
         let server = serve_with(registry.path(), |c| c.batch.inline = inline).await;
         let mut client = client(server.addr()).await;
-        let requests = 20;
-        for i in 0..requests {
-            let r = client.model_infer(x(i as f32)).await.unwrap().into_inner();
-            assert_eq!(floats(&r.raw_output_contents[0]), vec![i as f32]);
+        // Rounds of 20 until one request ran inline (at most 10 rounds): a
+        // forward that a busy machine (other tests) stretches past the
+        // inline limit sends the next request to the queue.
+        let (mut requests, mut text, mut inlined) = (0, String::new(), 0.0);
+        while requests < 200 && (requests == 0 || (inline && inlined == 0.0)) {
+            for i in requests..requests + 20 {
+                let r = client.model_infer(x(i as f32)).await.unwrap().into_inner();
+                assert_eq!(floats(&r.raw_output_contents[0]), vec![i as f32]);
+            }
+            requests += 20;
+            text = metrics(server.addr()).await;
+            inlined = encore_tests::metric_value(
+                &text,
+                "encore_model_server_inline_inferences_total{model=\"slow\"}",
+            )
+            .unwrap_or(0.0);
         }
-        let text = metrics(server.addr()).await;
-        let value = |s: &str| encore_tests::metric_value(&text, s).unwrap_or(0.0);
-        let calls = value("encore_model_server_batch_size_count{model=\"slow\"}");
-        let inlined = value("encore_model_server_inline_inferences_total{model=\"slow\"}");
+        let calls = encore_tests::metric_value(
+            &text,
+            "encore_model_server_batch_size_count{model=\"slow\"}",
+        )
+        .unwrap_or(0.0);
         assert_eq!(calls, requests as f64, "{text}");
         if inline {
-            // Not all: the first request has no timing to go by (a slow
-            // forward on a loaded machine sends the next one to the queue).
+            // Not all: the first request has no timing to go by.
             assert!(
                 inlined >= 1.0 && inlined < requests as f64,
                 "{inlined} of {requests} ran inline:\n{text}"
