@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// A hidden temporary path beside `path` for a file that will be renamed
 /// over it: `.<name>.<pid>.<n>.tmp`, unique to this call, so concurrent
 /// writers never write into each other's file.
-pub fn temporary_beside(path: &Path) -> PathBuf {
+fn temporary_beside(path: &Path) -> PathBuf {
     static CALLS: AtomicU64 = AtomicU64::new(0);
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     path.with_file_name(format!(
@@ -16,22 +16,33 @@ pub fn temporary_beside(path: &Path) -> PathBuf {
     ))
 }
 
-/// Writes `contents` to `path` so that readers see either the old file or
-/// the whole new one: into a [`temporary_beside`] it, then renamed over it.
-/// Creates the folder if it is missing; on error the temporary file is
-/// removed.
+/// Replaces `path` so that readers see either the old file or the whole
+/// new one: `write` creates the new file at a temporary path beside it
+/// (unique to this call), which is then renamed over `path`
+/// (`rename_error` turns a failed rename into the caller's error). On any
+/// error the temporary file is removed. The folder must exist.
+pub fn replace_atomic<E>(
+    path: &Path,
+    write: impl FnOnce(&Path) -> Result<(), E>,
+    rename_error: impl FnOnce(std::io::Error) -> E,
+) -> Result<(), E> {
+    let tmp = temporary_beside(path);
+    let written = write(&tmp).and_then(|()| std::fs::rename(&tmp, path).map_err(rename_error));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Writes `contents` to `path` with [`replace_atomic`], creating the
+/// folder if it is missing.
 pub fn write_atomic(path: &Path, contents: impl AsRef<[u8]>) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
     std::fs::create_dir_all(dir)?;
-    let tmp = temporary_beside(path);
-    let written = std::fs::write(&tmp, contents).and_then(|()| std::fs::rename(&tmp, path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    replace_atomic(path, |tmp| std::fs::write(tmp, contents), |e| e)
 }
 
 #[cfg(test)]

@@ -922,28 +922,24 @@ pub fn write_atomic(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
     encore_common::fs::write_atomic(path, contents).map_err(Error::io(path))
 }
 
-/// Writes one Parquet file atomically: into a temporary file beside it
-/// ([`encore_common::fs::temporary_beside`], unique per call, so two
-/// writers of the same file never interleave), then renamed over it; on
-/// error the temporary file is removed.
+/// Writes one Parquet file atomically
+/// ([`encore_common::fs::replace_atomic`]: two writers of the same file
+/// never interleave, and a failed write leaves no temporary file).
 pub fn write_parquet(dir: &Path, file_name: &str, batch: RecordBatch) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
     let path = dir.join(file_name);
-    let tmp = encore_common::fs::temporary_beside(&path);
-    let written = (|| {
-        let file = std::fs::File::create(&tmp).map_err(Error::io(&tmp))?;
+    let write = |tmp: &Path| -> Result<()> {
+        let file = std::fs::File::create(tmp).map_err(Error::io(tmp))?;
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
             .build();
         let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
         writer.write(&batch)?;
         writer.close()?;
-        std::fs::rename(&tmp, &path).map_err(Error::io(&path))
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written.map(|()| path)
+        Ok(())
+    };
+    encore_common::fs::replace_atomic(&path, write, Error::io(&path))?;
+    Ok(path)
 }
 
 #[cfg(test)]

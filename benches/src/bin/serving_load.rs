@@ -455,7 +455,7 @@ async fn open_loop(
 }
 
 /// Writes an open loop's per-request trace (see `--trace`), in order of
-/// the schedule, under a temporary name first so a reader never sees half.
+/// the schedule, whole or not at all.
 fn write_trace(
     path: &std::path::Path,
     trace: &mut [(Duration, Duration, Option<Duration>)],
@@ -470,10 +470,7 @@ fn write_trace(
             None => writeln!(out, "{:.3} {:.3} error", ms(*due), ms(*lag)),
         };
     }
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(format!(".{}.tmp", std::process::id()));
-    std::fs::write(&temporary, out)
-        .and_then(|()| std::fs::rename(&temporary, path))
+    encore_common::fs::write_atomic(path, out)
         .with_context(|| format!("--trace {}: cannot write", path.display()))
 }
 
