@@ -82,6 +82,12 @@ fn closed_and_open_loops_count_time_and_cost_every_request() {
         assert!(f(line, "p50_ms") > 0.0 && f(line, "p50_ms") <= f(line, "p99_ms"));
         assert!(f(line, "server_cpu_us_per_request") > 0.0, "{line}");
         assert!(f(line, "client_cpu_us_per_request") > 0.0, "{line}");
+        for side in ["server", "client"] {
+            assert!(
+                f(line, &format!("{side}_preempted_per_request")) >= 0.0,
+                "{line}"
+            );
+        }
     }
 
     // 400 req/s for 0.5 s: exactly 200 measured sends, each answered. A

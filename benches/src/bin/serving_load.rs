@@ -66,8 +66,8 @@ struct Args {
     #[arg(long, default_value_t = 4)]
     connections: usize,
     /// The server's process id (same machine): each line then reports the
-    /// server's CPU per request over the measured window, beside the
-    /// generator's own.
+    /// server's CPU and preemptions (involuntary context switches) per
+    /// request over the measured window, beside the generator's own.
     #[arg(long)]
     server_pid: Option<u32>,
     /// Open loop: also write one line per measured request to this file:
@@ -172,9 +172,21 @@ struct CpuMeter {
     server_pid: Option<u32>,
 }
 
-/// CPU seconds used so far: (this process, the server).
+/// CPU used so far by this process and, when measured, the server.
 #[derive(Debug, Clone, Copy)]
-struct CpuReading(f64, Option<f64>);
+struct CpuReading {
+    own: Usage,
+    server: Option<Usage>,
+}
+
+/// A process's CPU seconds and how often the kernel took a core from one
+/// of its threads while it could still run (involuntary context switches:
+/// more runnable threads than cores).
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    cpu_seconds: f64,
+    preempted: u64,
+}
 
 impl CpuMeter {
     fn read(&self) -> anyhow::Result<CpuReading> {
@@ -191,12 +203,18 @@ impl CpuMeter {
             usage.assume_init()
         };
         let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
-        let own = seconds(usage.ru_utime) + seconds(usage.ru_stime);
+        let own = Usage {
+            cpu_seconds: seconds(usage.ru_utime) + seconds(usage.ru_stime),
+            preempted: usage.ru_nivcsw as u64,
+        };
         let server = match self.server_pid {
-            Some(pid) => Some(process_cpu_seconds(pid)?),
+            Some(pid) => Some(Usage {
+                cpu_seconds: process_cpu_seconds(pid)?,
+                preempted: process_preemptions(pid),
+            }),
             None => None,
         };
-        Ok(CpuReading(own, server))
+        Ok(CpuReading { own, server })
     }
 }
 
@@ -221,12 +239,37 @@ fn process_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok((ticks(11)? + ticks(12)?) / hz)
 }
 
-/// Adds CPU microseconds per request over a window to a result line.
+/// Involuntary context switches of all of a process's threads now alive,
+/// from /proc/PID/task/*/status (0 for threads that cannot be read).
+fn process_preemptions(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .filter_map(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// Adds CPU microseconds and preemptions per request over a window to a
+/// result line.
 fn add_cpu(line: &mut serde_json::Value, from: CpuReading, to: CpuReading, requests: usize) {
-    let per = |seconds: f64| seconds * 1e6 / requests.max(1) as f64;
-    line["client_cpu_us_per_request"] = per(to.0 - from.0).into();
-    if let (Some(a), Some(b)) = (from.1, to.1) {
-        line["server_cpu_us_per_request"] = per(b - a).into();
+    let n = requests.max(1) as f64;
+    let mut add = |side: &str, a: Usage, b: Usage| {
+        line[format!("{side}_cpu_us_per_request")] =
+            ((b.cpu_seconds - a.cpu_seconds) * 1e6 / n).into();
+        line[format!("{side}_preempted_per_request")] =
+            (b.preempted.saturating_sub(a.preempted) as f64 / n).into();
+    };
+    add("client", from.own, to.own);
+    if let (Some(a), Some(b)) = (from.server, to.server) {
+        add("server", a, b);
     }
 }
 
