@@ -213,7 +213,8 @@ for r in rows:
     if "rate" in r and "p99_ms" in r:
         who = "kserve-echo (no model)" if r["label"].startswith("echo") else "Encore"
         print(f"\n{who} churn open loop at {r['rate']:.0f} req/s, client view: p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms, {r['errors']} errors "
-              f"(client send lag p99 {r.get('send_lag_p99_ms', 0):.2f} ms; CPU per request: server {cpu(r, 'server')} µs, load generator {cpu(r, 'client')} µs)")
+              f"(client send lag p99 {r.get('send_lag_p99_ms', 0):.2f} ms; CPU per request: server {cpu(r, 'server')} µs, load generator {cpu(r, 'client')} µs; "
+              f"preemptions per request: server {r.get('server_preempted_per_request', float('nan')):.3f}, load generator {r.get('client_preempted_per_request', float('nan')):.3f})")
     if "p99_le_ms" in r:
         print(f"Same run, server view (request histogram, bucket bounds): p50 <= {r['p50_le_ms']:.3f} ms, p99 <= {r['p99_le_ms']:.3f} ms over {r['requests']:.0f} requests")
     if "item_index_items" in r:
