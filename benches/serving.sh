@@ -221,6 +221,16 @@ for r in rows:
         print(f"\nEncore recommend item index: {r['item_index_items']} items")
     if "users_per_second" in r:
         print(f"Encore Flight batch churn scoring: {r['users']} users in {r['seconds']:.2f} s = {r['users_per_second']/1e6:.2f} M users/s (batches of {r['batch_rows']})")
+# The same question asked of the closed loop that set the best QPS: the
+# first Encore churn level whose throughput reaches half of the best.
+best_churn = best.get(("churn", "encore"))
+if best_churn:
+    closed = sorted((r for r in rows if "concurrency" in r and r["label"] == "encore" and r["model"] == "churn"
+                     and r["errors"] == 0 and r["qps"] >= best_churn[0] / 2), key=lambda r: r["qps"])
+    if closed:
+        r = closed[0]
+        print(f"\nEncore churn closed loop at half its best QPS ({best_churn[0] / 2:.0f}): first level at or above it c={r['concurrency']}, "
+              f"{r['qps']:.0f} QPS ({100 * r['qps'] / best_churn[0]:.0f}% of best), p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms")
 tries = sorted(r["p99_ms"] for r in rows if r["label"] == "encore-half-max")
 if tries:
     print(f"\nEncore churn open loop, client p99 over {len(tries)} tries: median {tries[len(tries) // 2]:.3f} ms "
