@@ -82,18 +82,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (Some(data), Some(cutoff), Some(plan)) = (data, cutoff, plan) else {
         usage()
     };
-    if let Some(users) = users {
-        if !data.join(".complete").exists() {
-            let spec = DataSpec {
-                users,
-                days,
-                ..DataSpec::default()
-            };
-            let started = Instant::now();
-            generate(&spec, &data, |_, _| {})?;
-            std::fs::write(data.join(".complete"), b"")?;
-            eprintln!("generated {} in {:.1?}", data.display(), started.elapsed());
-        }
+    if let Some(users) = users
+        && !data.join(".complete").exists()
+    {
+        let spec = DataSpec {
+            users,
+            days,
+            ..DataSpec::default()
+        };
+        let started = Instant::now();
+        generate(&spec, &data, |_, _| {})?;
+        std::fs::write(data.join(".complete"), b"")?;
+        eprintln!("generated {} in {:.1?}", data.display(), started.elapsed());
     }
 
     // Encore's session settings, as every Encore session has them.

@@ -342,7 +342,7 @@ impl Batcher {
     /// Rows in `len` floats of rows `width` wide, for a module that takes
     /// one batched input.
     fn float_rows(&self, len: usize, width: usize) -> Result<usize> {
-        if self.exec.signature.batched != [true] || width == 0 || len % width != 0 {
+        if self.exec.signature.batched != [true] || width == 0 || !len.is_multiple_of(width) {
             return Err(Error::Internal(format!(
                 "model {}: {len} floats are not rows {width} wide for its one input",
                 self.label

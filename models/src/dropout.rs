@@ -32,10 +32,11 @@ pub fn dropout(x: &Tensor, p: f64, train: bool) -> Tensor {
     if !train || p == 0.0 {
         return x.shallow_clone();
     }
-    if x.device() == Device::Cpu && x.kind() == Kind::Float {
-        if let Ok(mask) = mask(&x.size(), p) {
-            return x * mask;
-        }
+    if x.device() == Device::Cpu
+        && x.kind() == Kind::Float
+        && let Ok(mask) = mask(&x.size(), p)
+    {
+        return x * mask;
     }
     x.dropout(p, train)
 }
