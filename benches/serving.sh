@@ -6,7 +6,8 @@
 #   kserve-echo (the same Rust gRPC stack answering without a model).
 # Load: benches' `serving-load` (Rust, one thread), closed-loop concurrency
 # sweep per model, then open-loop runs (three) of Encore churn at half its best
-# QPS, then Arrow Flight batch scoring. Each server runs alone while measured;
+# QPS and three each at 30, 35, 40 and 45% of it, then Arrow Flight batch
+# scoring. Each server runs alone while measured;
 # each result line carries the server's and the generator's CPU per request.
 #
 #   benches/serving.sh [--users 100000] [--items 100000] [--seconds 5] [--levels 1,2,4,...] [--no-build]
@@ -120,6 +121,16 @@ print(json.dumps({"label": "encore-half-max-server-side", "rate": float(sys.argv
                   "p50_le_ms": p[0.5] * 1e3, "p99_le_ms": p[0.99] * 1e3}))
 PY
 done
+# Below half: the open-loop rates, as fractions of the best closed-loop QPS,
+# at which churn's p99 stays under the 2 ms goal (three tries each).
+for fraction in 30 35 40 45; do
+    rate=$((best_churn * fraction / 100))
+    for try in 1 2 3; do
+        echo "bench: encore churn open loop at $rate req/s ($fraction% of $best_churn), try $try of 3" >&2
+        "$BIN/serving-load" --addr "$ADDR" --model churn --users "$USERS" --rate "$rate" --seconds 5 \
+            --label "encore-open-$fraction" --server-pid "${PIDS[0]}" | tee -a "$OUT" >&2
+    done
+done
 echo "bench: encore Flight batch scoring" >&2
 "$BIN/flight-throughput" --addr "$ADDR" --users 2000000 --snapshot-users "$USERS" | tee -a "$OUT" >&2
 kill "${PIDS[0]}"; wait "${PIDS[0]}" 2>/dev/null || true
@@ -210,7 +221,7 @@ if echo:
             f = echo[r["concurrency"]]
             print(f"| {r['concurrency']} | {r['qps']:.0f} ({r['p99_ms']:.2f}) | {f['qps']:.0f} ({f['p99_ms']:.2f}) | {r['qps'] / f['qps']:.2f} |")
 for r in rows:
-    if "rate" in r and "p99_ms" in r:
+    if "rate" in r and "p99_ms" in r and not r["label"].startswith("encore-open-"):
         who = "kserve-echo (no model)" if r["label"].startswith("echo") else "Encore"
         print(f"\n{who} churn open loop at {r['rate']:.0f} req/s, client view: p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms, {r['errors']} errors "
               f"(client send lag p99 {r.get('send_lag_p99_ms', 0):.2f} ms; CPU per request: server {cpu(r, 'server')} µs, load generator {cpu(r, 'client')} µs; "
@@ -231,6 +242,18 @@ if best_churn:
         r = closed[0]
         print(f"\nEncore churn closed loop at half its best QPS ({best_churn[0] / 2:.0f}): first level at or above it c={r['concurrency']}, "
               f"{r['qps']:.0f} QPS ({100 * r['qps'] / best_churn[0]:.0f}% of best), p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms")
+sweep = {}
+for r in rows:
+    if r.get("label", "").startswith("encore-open-") and "p99_ms" in r:
+        sweep.setdefault(int(r["label"].rsplit("-", 1)[1]), []).append(r)
+if sweep:
+    print("\nEncore churn open loop below half the best QPS (three tries per rate; goal p99 < 2 ms):\n")
+    print("| share of best QPS | rate req/s | p99 ms (tries) | median p99 ms | server / generator CPU µs per request |")
+    print("|---:|---:|---|---:|---:|")
+    for fraction, runs in sorted(sweep.items()):
+        p99s = sorted(r["p99_ms"] for r in runs)
+        print(f"| {fraction}% | {runs[0]['rate']:.0f} | {', '.join(f'{x:.2f}' for x in p99s)} | {p99s[len(p99s) // 2]:.2f} | "
+              f"{cpu(runs[0], 'server')} / {cpu(runs[0], 'client')} |")
 tries = sorted(r["p99_ms"] for r in rows if r["label"] == "encore-half-max")
 if tries:
     print(f"\nEncore churn open loop, client p99 over {len(tries)} tries: median {tries[len(tries) // 2]:.3f} ms "
