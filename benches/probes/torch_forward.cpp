@@ -38,15 +38,31 @@ static double max_diff(const c10::IValue& a, const c10::IValue& b) {
   return worst;
 }
 
+static int probe(const char* path, int64_t width);
+
 int main(int argc, char** argv) {
-  if (argc < 2) {
-    std::cerr << "usage: torch_forward MODEL.pt [WIDTH]\n";
+  const int64_t width = argc > 2 ? std::atoll(argv[2]) : 32;
+  if (argc < 2 || width <= 0) {
+    std::cerr << "usage: torch_forward MODEL.pt [WIDTH > 0]\n";
     return 2;
   }
-  const int64_t width = argc > 2 ? std::atoi(argv[2]) : 32;
+  try {
+    return probe(argv[1], width);
+  } catch (const c10::Error& e) {
+    // libtorch reports a missing file, a non-TorchScript file or inputs of
+    // the wrong width by throwing; say which instead of aborting.
+    std::cerr << "torch_forward " << argv[1] << " (width " << width << "): " << e.what_without_backtrace() << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "torch_forward " << argv[1] << " (width " << width << "): " << e.what() << "\n";
+    return 1;
+  }
+}
+
+static int probe(const char* path, int64_t width) {
   at::set_num_threads(1);
   torch::NoGradGuard no_grad;
-  auto module = torch::jit::load(argv[1]);
+  auto module = torch::jit::load(path);
   module.eval();
   auto frozen = torch::jit::freeze(module);
   auto optimized = torch::jit::optimize_for_inference(frozen);

@@ -11,7 +11,7 @@ scripts/setup.sh >/dev/null
 TORCH=$(python -c 'import os, torch; print(os.path.dirname(torch.__file__))')
 BUILD=target/probes
 mkdir -p "$BUILD"
-g++ -O2 -std=c++17 -D_GLIBCXX_USE_CXX11_ABI=1 \
+g++ -O2 -std=c++20 -D_GLIBCXX_USE_CXX11_ABI=1 \
     -I"$TORCH/include" -I"$TORCH/include/torch/csrc/api/include" \
     benches/probes/torch_forward.cpp -o "$BUILD/torch_forward.tmp" \
     -L"$TORCH/lib" -Wl,-rpath,"$TORCH/lib" -ltorch_cpu -lc10 -ltorch
