@@ -28,11 +28,13 @@ fn main() {
 /// Compiles the C++ shims — `cpp/script_module.cpp` (TorchScript from
 /// source, see `src/script.rs`), `cpp/fused_adamw.cpp` (the fused AdamW
 /// step, `src/optim.rs`) and `cpp/dropout.cpp` (the parallel dropout mask,
-/// `src/dropout.rs`) — against the headers next to libtorch's lib folder.
+/// `src/dropout.rs`) and `cpp/frozen_graph.cpp` (a module's frozen graph,
+/// `src/graph.rs`) — against the headers next to libtorch's lib folder.
 fn compile_script_shim(lib: &Path) {
     println!("cargo:rerun-if-changed=cpp/script_module.cpp");
     println!("cargo:rerun-if-changed=cpp/fused_adamw.cpp");
     println!("cargo:rerun-if-changed=cpp/dropout.cpp");
+    println!("cargo:rerun-if-changed=cpp/frozen_graph.cpp");
     println!("cargo:rerun-if-changed=cpp/shim.h");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     let include = lib.parent().map(|p| p.join("include")).unwrap_or_default();
@@ -44,6 +46,7 @@ fn compile_script_shim(lib: &Path) {
         .file("cpp/script_module.cpp")
         .file("cpp/fused_adamw.cpp")
         .file("cpp/dropout.cpp")
+        .file("cpp/frozen_graph.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")

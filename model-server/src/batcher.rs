@@ -71,6 +71,10 @@ pub struct BatchConfig {
     /// with no `max_queue_delay`: a delay asks for batches). Off by default:
     /// it helps at low load and hurts tails at moderate load (module docs).
     pub inline: bool,
+    /// Requests of at most this many rows run a model compiled to native
+    /// code (`crate::native`) on their own thread, when the model compiles
+    /// and matches libtorch at load; 0 runs every request on libtorch.
+    pub native_max_rows: usize,
 }
 
 /// Longest `forward` (the model's most recent) for which an idle model runs
@@ -91,6 +95,7 @@ impl Default for BatchConfig {
             max_queue_size: 4096,
             instances: 2,
             inline: false,
+            native_max_rows: 16,
         }
     }
 }
@@ -110,6 +115,8 @@ pub struct BatchMetrics {
     pub failed: IntCounter,
     /// `forward` calls run on the request's own thread (idle model).
     pub inline: IntCounter,
+    /// Requests run by the model's native plan (`crate::native`).
+    pub native: IntCounter,
 }
 
 /// Module outputs for one request.
@@ -487,6 +494,17 @@ impl Batcher {
             })
     }
 
+    /// Records one request that ran outside the queue (the native plan) in
+    /// the model's metrics, as a batch of `rows` that took `took`.
+    pub fn record_direct(&self, rows: usize, took: Duration, ok: bool) {
+        let m = &self.exec.metrics;
+        m.native.inc();
+        m.queue.observe(0.0);
+        m.batch_size.observe(rows as f64);
+        m.inference.observe(took.as_secs_f64());
+        if ok { m.ok.inc() } else { m.failed.inc() }
+    }
+
     /// Requests waiting now.
     pub fn queued(&self) -> usize {
         self.queue.lock().jobs.len()
@@ -851,36 +869,34 @@ impl Exec {
             source,
         };
         let output = tch::no_grad(|| module.forward_is(args)).map_err(torch)?;
-        Ok(match output {
-            // One [N, outputs] tensor stands for that many [N] outputs (a
-            // traced module cannot return a tuple).
-            IValue::Tensor(t)
-                if self.signature.outputs > 1
-                    && t.dim() == 2
-                    && t.size()[1] == self.signature.outputs as i64 =>
-            {
-                t.unbind(1)
-            }
-            IValue::Tensor(t) => vec![t],
-            IValue::Tuple(values) | IValue::GenericList(values) => values
-                .into_iter()
-                .map(|v| match v {
-                    IValue::Tensor(t) => Ok(t),
-                    other => Err(Error::Internal(format!(
-                        "model {} returned a {other:?} where a tensor was expected",
-                        self.label
-                    ))),
-                })
-                .collect::<Result<_>>()?,
-            IValue::TensorList(values) => values,
-            other => {
-                return Err(Error::Internal(format!(
-                    "model {} returned {other:?}, expected tensors",
-                    self.label
-                )));
-            }
-        })
+        output_tensors(output, self.signature.outputs)
+            .map_err(|e| Error::Internal(format!("model {} returned {e}", self.label)))
     }
+}
+
+/// What `forward` returned as a list of tensors, for a manifest with
+/// `outputs` outputs; an error describes what came back instead.
+pub(crate) fn output_tensors(
+    output: IValue,
+    outputs: usize,
+) -> std::result::Result<Vec<Tensor>, String> {
+    Ok(match output {
+        // One [N, outputs] tensor stands for that many [N] outputs (a
+        // traced module cannot return a tuple).
+        IValue::Tensor(t) if outputs > 1 && t.dim() == 2 && t.size()[1] == outputs as i64 => {
+            t.unbind(1)
+        }
+        IValue::Tensor(t) => vec![t],
+        IValue::Tuple(values) | IValue::GenericList(values) => values
+            .into_iter()
+            .map(|v| match v {
+                IValue::Tensor(t) => Ok(t),
+                other => Err(format!("a {other:?} where a tensor was expected")),
+            })
+            .collect::<std::result::Result<_, _>>()?,
+        IValue::TensorList(values) => values,
+        other => return Err(format!("{other:?}, expected tensors")),
+    })
 }
 
 #[cfg(test)]
@@ -897,6 +913,7 @@ mod tests {
             ok: IntCounter::new("ok", "ok").unwrap(),
             failed: IntCounter::new("failed", "failed").unwrap(),
             inline: IntCounter::new("inline", "inline").unwrap(),
+            native: IntCounter::new("native", "native").unwrap(),
         }
     }
 

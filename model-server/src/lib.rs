@@ -10,7 +10,8 @@
 //! A request flows: front end (`kserve`, `scoring`, `flight`) → `store` (deployment,
 //! A/B route, shadow) → `model` (contract: snapshot lookup, fallbacks) →
 //! `batcher` (dynamic batching on model instances) → TorchScript, with
-//! `retrieval` scoring a recommend module's items in its place.
+//! `retrieval` scoring a recommend module's items in its place, and `native`
+//! running small requests of a small model (churn) compiled to Rust kernels.
 
 pub mod auth;
 pub mod batcher;
@@ -20,6 +21,7 @@ pub mod flight;
 pub mod kserve;
 pub mod metrics;
 pub mod model;
+pub mod native;
 pub mod registry;
 pub mod request;
 pub mod retrieval;

@@ -72,6 +72,13 @@ struct Args {
     /// latency and CPU at low load, worse tails at moderate load.
     #[arg(long, env = "ENCORE_MODEL_SERVER_INLINE_WHEN_IDLE")]
     inline_when_idle: bool,
+    /// Run requests of at most this many rows of a small model (dense
+    /// layers and element-wise functions, e.g. churn) with the model
+    /// compiled to native code, on the thread that decoded them; the
+    /// model is compiled and checked against libtorch at load, and runs on
+    /// libtorch if either fails. 0: always libtorch.
+    #[arg(long, env = "ENCORE_MODEL_SERVER_NATIVE_MAX_ROWS", default_value_t = BatchConfig::default().native_max_rows)]
+    native_max_rows: usize,
     /// Let recommend modules' `forward` score every item, even when they
     /// export `user_vectors` and `items` for the server's exact item index.
     #[arg(long, env = "ENCORE_MODEL_SERVER_NO_ITEM_INDEX")]
@@ -171,6 +178,7 @@ fn run() -> anyhow::Result<()> {
             max_queue_size: args.max_queue_size,
             instances: args.instances,
             inline: args.inline_when_idle,
+            native_max_rows: args.native_max_rows,
         },
         splits,
         poll_interval: Duration::from_secs_f64(args.poll_interval_seconds),

@@ -27,6 +27,8 @@ pub struct ServerMetrics {
     pub inference_duration: HistogramVec,
     /// `forward` calls run on the request's own thread (idle model), by model.
     pub inline_inferences: IntCounterVec,
+    /// Requests run by a model's native plan on their own thread, by model.
+    pub native_inferences: IntCounterVec,
     /// Rows per `forward` call by model.
     pub batch_size: HistogramVec,
     /// Users not found in the online snapshot, by model.
@@ -121,6 +123,12 @@ impl ServerMetrics {
              (no hand-off to a model instance), by model",
             &["model"],
         )?;
+        let native_inferences = counter(
+            "encore_model_server_native_inferences_total",
+            "Requests run by the model compiled to native code on the request's own thread \
+             (small requests of models that compile and match libtorch), by model",
+            &["model"],
+        )?;
         let snapshot_misses = counter(
             "encore_model_server_feature_snapshot_misses_total",
             "Users not in the model's online feature snapshot (served a fallback), by model",
@@ -173,6 +181,7 @@ impl ServerMetrics {
             inferences,
             inference_duration,
             inline_inferences,
+            native_inferences,
             batch_size,
             snapshot_misses,
             item_index_items,

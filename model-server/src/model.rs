@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use crate::batcher::{BatchConfig, BatchMetrics, Batcher, FloatOutputs, Outputs, Signature};
 use crate::contract::{Contract, MAX_K};
 use crate::error::{Error, Result};
+use crate::native::Plan;
 use crate::registry::{Manifest, Registry};
 use crate::retrieval::Retrieval;
 use crate::snapshot::Snapshot;
@@ -27,6 +28,10 @@ pub struct ServedModel {
     pub snapshot: Snapshot,
     batcher: Batcher,
     snapshot_misses: IntCounter,
+    /// The model compiled to native code, for requests of at most
+    /// `native_max_rows` rows (churn models that compile and match libtorch).
+    native: Option<Plan>,
+    native_max_rows: usize,
 }
 
 /// Churn scores of a list of users, one entry per user in request order.
@@ -153,6 +158,15 @@ impl ServedModel {
             })?;
             first = Some(module);
         }
+        let native = match (&contract, device) {
+            (Contract::Churn { width, .. }, Device::Cpu) if batch.native_max_rows > 0 => {
+                let module = first.take().map_or_else(load_module, Ok)?;
+                let plan = compile_native(&path, &module, *width, &manifest, &snapshot, &label);
+                first = Some(module);
+                plan
+            }
+            _ => None,
+        };
         let signature = Signature {
             batched: manifest
                 .inputs
@@ -179,6 +193,8 @@ impl ServedModel {
             snapshot,
             batcher,
             snapshot_misses,
+            native,
+            native_max_rows: batch.native_max_rows,
         })
     }
 
@@ -214,15 +230,42 @@ impl ServedModel {
         self.answer(receiver, deadline).await
     }
 
+    /// Whether requests of this version run on its native plan (up to
+    /// `native_max_rows` rows).
+    pub fn is_native(&self) -> bool {
+        self.native.is_some()
+    }
+
     /// Runs a module whose one input is a float matrix `[n, width]` on
     /// `values` (its rows, row-major) through the batcher: per output, the
-    /// values of the rows as plain floats.
+    /// values of the rows as plain floats. A small request of a model with
+    /// a native plan runs at once on this thread instead.
     pub async fn run_floats(
         &self,
         values: Vec<f32>,
         width: usize,
         deadline: Option<Instant>,
     ) -> Result<FloatOutputs> {
+        if let Some(plan) = &self.native
+            && width > 0
+            && values.len().is_multiple_of(width)
+            && values.len() / width <= self.native_max_rows
+        {
+            if deadline.is_some_and(|d| d <= Instant::now()) {
+                return Err(Error::DeadlineExceeded(format!(
+                    "deadline exceeded before model {} ran",
+                    self.label()
+                )));
+            }
+            let rows = values.len() / width;
+            let started = Instant::now();
+            let result = plan.run(&values, rows);
+            self.batcher
+                .record_direct(rows, started.elapsed(), result.is_ok());
+            return result.map_err(|e| {
+                Error::Internal(format!("model {} (native plan): {e}", self.label()))
+            });
+        }
         if let Some(result) = self.batcher.run_inline_floats(&values, width, deadline) {
             return result;
         }
@@ -610,6 +653,51 @@ fn index_items(
 }
 
 /// The first `k` pairs that are neither excluded nor repeated.
+/// The native plan of the churn module at `path` once it compiles and
+/// answers random batches and a few snapshot rows as `module` does;
+/// otherwise (logged) `None`, and the model runs on libtorch.
+fn compile_native(
+    path: &std::path::Path,
+    module: &tch::CModule,
+    width: usize,
+    manifest: &Manifest,
+    snapshot: &Snapshot,
+    label: &str,
+) -> Option<Plan> {
+    let graph = match encore_models::graph::FrozenGraph::load(path) {
+        Ok(graph) => graph,
+        Err(e) => {
+            warn!(model = label, reason = %e, "not compiled to native code: libtorch runs it");
+            return None;
+        }
+    };
+    let plan = match Plan::compile(&graph, manifest.outputs.len()) {
+        Ok(plan) => plan,
+        Err(reason) => {
+            info!(model = label, %reason, "not compiled to native code: libtorch runs it");
+            return None;
+        }
+    };
+    let samples: Vec<f32> = (0..snapshot.users().min(8))
+        .flat_map(|row| snapshot.features(row).iter().copied())
+        .collect();
+    crate::batcher::adopt_torch_threads();
+    match plan.check(module, width, &samples) {
+        Ok(()) => {
+            info!(
+                model = label,
+                ops = plan.len(),
+                "compiled to native code and checked against libtorch"
+            );
+            Some(plan)
+        }
+        Err(reason) => {
+            warn!(model = label, %reason, "native code disagrees with libtorch: libtorch runs it");
+            None
+        }
+    }
+}
+
 fn top_k(
     pairs: impl IntoIterator<Item = (i64, f32)>,
     k: usize,

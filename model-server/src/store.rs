@@ -345,6 +345,7 @@ impl ModelStore {
             ok: m.inferences.with_label_values(&[name, &v, "ok"]),
             failed: m.inferences.with_label_values(&[name, &v, "error"]),
             inline: m.inline_inferences.with_label_values(&[name]),
+            native: m.native_inferences.with_label_values(&[name]),
         };
         let loaded = ServedModel::load(
             &self.registry,

@@ -10,6 +10,8 @@ pub mod churn;
 #[allow(unsafe_code)] // the FFI call into cpp/dropout.cpp
 pub mod dropout;
 pub mod error;
+#[allow(unsafe_code)] // the FFI calls into cpp/frozen_graph.cpp
+pub mod graph;
 pub mod metrics;
 #[allow(unsafe_code)] // the FFI calls into cpp/fused_adamw.cpp
 pub mod optim;

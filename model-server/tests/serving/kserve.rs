@@ -191,6 +191,66 @@ async fn churn_contract_by_features_and_by_user_id() {
     assert!((floats(&response.raw_output_contents[0])[0] - sigmoid(1.5)).abs() < 1e-6);
 }
 
+/// The churn module compiles to native code: small requests run it (the
+/// native counter moves) and answer exactly as libtorch does on a server
+/// with native execution off; a request over `native_max_rows` rows goes
+/// to libtorch through the batcher.
+#[tokio::test]
+async fn small_churn_requests_run_natively_and_answer_as_libtorch() {
+    let registry = tempfile::tempdir().unwrap();
+    export_churn(registry.path(), 1);
+    let native = serve_with(registry.path(), |c| c.batch.native_max_rows = 4).await;
+    let torch = serve_with(registry.path(), |c| c.batch.native_max_rows = 0).await;
+    let counter = "encore_model_server_native_inferences_total{model=\"churn\"}";
+    let native_runs = |text: &str| encore_tests::metric_value(text, counter).unwrap_or(0.0);
+    let ids = [3, 999, 57, 100];
+    let mut answers = Vec::new();
+    for server in [&native, &torch] {
+        let response = client(server.addr())
+            .await
+            .model_infer(request("churn", vec![user_ids(&ids)]))
+            .await
+            .unwrap()
+            .into_inner();
+        answers.push(["churn_7d", "churn_15d", "churn_30d"].map(|o| floats(output(&response, o))));
+    }
+    for (ours, theirs) in answers[0].iter().zip(&answers[1]) {
+        assert_eq!(ours.len(), ids.len());
+        for (a, b) in ours.iter().zip(theirs) {
+            assert!(
+                (a - b).abs() < 1e-6,
+                "native {ours:?} against libtorch {theirs:?}"
+            );
+        }
+    }
+    assert!((answers[0][2][0] - sigmoid(churn_features(3).iter().sum())).abs() < 1e-6);
+    assert_eq!(native_runs(&metrics(native.addr()).await), 1.0);
+    assert_eq!(native_runs(&metrics(torch.addr()).await), 0.0);
+
+    // Five rows is over the limit: libtorch runs them.
+    let rows: Vec<[f32; 3]> = (0..5).map(|i| [i as f32, 0.5, -1.0]).collect();
+    let response = client(native.addr())
+        .await
+        .model_infer(request("churn", vec![features(&rows)]))
+        .await
+        .unwrap()
+        .into_inner();
+    let p30 = floats(output(&response, "churn_30d"));
+    for (row, p) in rows.iter().zip(&p30) {
+        assert!((p - sigmoid(row.iter().sum())).abs() < 1e-6, "{p30:?}");
+    }
+    let text = metrics(native.addr()).await;
+    assert_eq!(native_runs(&text), 1.0, "the 5-row request ran on libtorch");
+    assert_eq!(
+        encore_tests::metric_value(
+            &text,
+            "encore_model_server_inferences_total{model=\"churn\",outcome=\"ok\",version=\"1\"}"
+        ),
+        Some(2.0),
+        "both requests counted as inferences\n{text}"
+    );
+}
+
 #[tokio::test]
 async fn recommend_contract_over_kserve() {
     let (_registry, server) = churn_and_recommend().await;
