@@ -132,6 +132,68 @@ fn closed_and_open_loops_count_time_and_cost_every_request() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `--tick-us`: sends wait for the next point of the grid and leave
+/// together; every request is still sent and counted, and the send lag in
+/// the trace is the wait for the grid.
+#[test]
+fn the_open_loop_on_a_send_grid_sends_every_request_late_by_the_wait() {
+    let echo = echo();
+    let addr = echo.addr.clone();
+    let dir = std::env::temp_dir().join(format!("serving-load-tick-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = dir.join("trace.txt");
+    // 2.5 ms apart on a 10 ms grid: four requests per wake-up.
+    let (ok, lines, err) = load(&[
+        "--addr",
+        &addr,
+        "--model",
+        "churn",
+        "--users",
+        "100",
+        "--warmup-seconds",
+        "0.1",
+        "--rate",
+        "400",
+        "--seconds",
+        "0.5",
+        "--tick-us",
+        "10000",
+        "--trace",
+        trace.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        (f(&lines[0], "ok"), f(&lines[0], "errors")),
+        (200.0, 0.0),
+        "{}",
+        lines[0]
+    );
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let rows: Vec<Vec<f64>> = text
+        .lines()
+        .skip(1)
+        .map(|r| r.split(' ').map(|v| v.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), 200);
+    let mut late = 0;
+    for (i, row) in rows.iter().enumerate() {
+        // The grid starts with the schedule; the warm-up (0.1 s) is whole ticks.
+        let wait = (10.0 - row[0] % 10.0) % 10.0;
+        assert!(
+            row[1] >= wait - 0.05,
+            "row {i} left before its grid point: {row:?}"
+        );
+        if row[1] > wait + 2.0 {
+            late += 1;
+        }
+    }
+    assert!(
+        late < 20,
+        "{late} of 200 sends over 2 ms after their grid point"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn an_unreachable_server_or_a_missing_server_process_is_named() {
     let (ok, _, err) = load(&["--addr", "127.0.0.1:1", "--concurrency", "1"]);

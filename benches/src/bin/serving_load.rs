@@ -76,6 +76,14 @@ struct Args {
     /// Shows when a tail happened and whether the generator was behind.
     #[arg(long)]
     trace: Option<std::path::PathBuf>,
+    /// Open loop: wake the sender on a grid of this many microseconds and
+    /// send every request due by then (0: a wake-up per request). Linux
+    /// lets a sleeping thread's timer fire up to 50 µs late (timer slack)
+    /// to batch wake-ups, which is how perf_analyzer's sleep-based pacing
+    /// behaves; each wake-up of this one thread costs a timer reprogram
+    /// that a VM pays dearly for. The lateness is in the send-lag figure.
+    #[arg(long, default_value_t = 0)]
+    tick_us: u64,
     /// Label written into each JSON line (e.g. encore, python).
     #[arg(long, default_value = "server")]
     label: String,
@@ -429,7 +437,16 @@ async fn open_loop(
     let warmup = Duration::from_secs_f64(args.warmup_seconds);
     let measure = Duration::from_secs_f64(args.seconds);
     let interval = Duration::from_secs_f64(1.0 / rate);
+    let tick = Duration::from_micros(args.tick_us);
     let start = Instant::now() + Duration::from_millis(10);
+    // The first grid point at or after `due`.
+    let wake_at = |due: Instant| {
+        if tick.is_zero() {
+            return due;
+        }
+        let ticks = (due - start).as_nanos().div_ceil(tick.as_nanos());
+        start + tick * ticks as u32
+    };
     let (from, until) = (start + warmup, start + warmup + measure);
     let mut rng = Rng::new(7);
     let mut pacer = Pacer::new()?;
@@ -466,7 +483,7 @@ async fn open_loop(
                 record(answered);
                 continue;
             }
-            waited = pacer.until(due) => waited?,
+            waited = pacer.until(wake_at(due)) => waited?,
         }
         let mut client = clients[i as usize % clients.len()].clone();
         let request = workload.request(&mut rng);
