@@ -186,6 +186,21 @@ async fn churn_job_trains_registers_and_serves() {
         ["new", "growing", "core"].contains(&segment.lifecycle.as_str()),
         "{known:?}"
     );
+    // The trained module compiles to native code and matched libtorch at
+    // load: the known user was scored by the native plan.
+    let addr = server.addr().to_string();
+    let (_, text) = tokio::task::spawn_blocking(move || encore_tests::http_get(&addr, "/metrics"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        encore_tests::metric_value(
+            &text,
+            "encore_model_server_native_inferences_total{model=\"churn\"}"
+        ),
+        Some(1.0),
+        "the trained churn model did not run natively"
+    );
 
     // A second version that is not promoted leaves production alone.
     let mut second = job(registry.path());

@@ -76,6 +76,10 @@ enum Unary {
     Neg,
     Abs,
     Sqrt,
+    Log1p,
+    Sign,
+    /// A cast to an integer type: toward zero.
+    Trunc,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -84,6 +88,8 @@ enum Binary {
     Sub,
     Mul,
     Div,
+    Min,
+    Max,
 }
 
 #[derive(Debug, Clone)]
@@ -150,6 +156,22 @@ enum Op {
         x: Ref,
         dim: i64,
     },
+    Narrow {
+        x: Ref,
+        dim: i64,
+        start: i64,
+        length: i64,
+    },
+    /// Rows of `weight` (`[n, d]`) picked by integer-valued `indices`.
+    Embedding {
+        weight: Ref,
+        indices: Ref,
+    },
+    Flatten {
+        x: Ref,
+        start: i64,
+        end: i64,
+    },
     /// Sum (or mean) over `dims` (every dimension when None).
     Reduce {
         x: Ref,
@@ -206,9 +228,21 @@ impl Plan {
                 }
                 // Unused constants of other kinds are harmless; an operator
                 // reading one fails to compile below.
-                Constant::OtherTensor(_) | Constant::Other(_) => Val::None,
+                // Integer tensors (category offsets and bounds) are held as
+                // floats, exact below 2^24: the plan has one element type.
+                Constant::Longs { shape, values } if values.iter().all(|v| v.abs() < 1 << 24) => {
+                    Val::Tensor(Array {
+                        shape: shape.clone(),
+                        data: values.iter().map(|&v| v as f32).collect(),
+                    })
+                }
+                Constant::Longs { .. } | Constant::OtherTensor(_) | Constant::Other(_) => Val::None,
             };
-            let unsupported = matches!(constant, Constant::OtherTensor(_) | Constant::Other(_));
+            let unsupported = match constant {
+                Constant::Longs { values, .. } => values.iter().any(|v| v.abs() >= 1 << 24),
+                Constant::OtherTensor(_) | Constant::Other(_) => true,
+                _ => false,
+            };
             if !unsupported {
                 refs.insert(*id, Ref::Const(consts.len()));
                 consts.push(val);
@@ -406,6 +440,17 @@ impl Plan {
                     Unary::Neg => x.map(|v| -v),
                     Unary::Abs => x.map(f32::abs),
                     Unary::Sqrt => x.map(f32::sqrt),
+                    Unary::Log1p => x.map(f32::ln_1p),
+                    Unary::Sign => x.map(|v| {
+                        if v > 0.0 {
+                            1.0
+                        } else if v < 0.0 {
+                            -1.0
+                        } else {
+                            v
+                        }
+                    }),
+                    Unary::Trunc => x.map(f32::trunc),
                 }
             }
             Op::Softplus { x, beta, threshold } => t(*x)?.map(|v| {
@@ -433,6 +478,13 @@ impl Plan {
                     Binary::Sub => broadcast(&a, &b, |x, y| x - alpha * y)?,
                     Binary::Mul => broadcast(&a, &b, |x, y| x * y)?,
                     Binary::Div => broadcast(&a, &b, |x, y| x / y)?,
+                    // NaN wins, as in libtorch.
+                    Binary::Min => {
+                        broadcast(&a, &b, |x, y| if x.is_nan() || x < y { x } else { y })?
+                    }
+                    Binary::Max => {
+                        broadcast(&a, &b, |x, y| if x.is_nan() || x > y { x } else { y })?
+                    }
                 }
             }
             Op::Select { x, dim, index } => {
@@ -494,6 +546,52 @@ impl Plan {
                 keepdim,
                 mean,
             } => reduce(t(*x)?, dims.as_deref(), *keepdim, *mean)?,
+            Op::Narrow {
+                x,
+                dim,
+                start,
+                length,
+            } => {
+                let x = t(*x)?;
+                let d = axis(*dim, x.shape.len())?;
+                let len = x.shape[d] as i64;
+                let s = if *start < 0 { start + len } else { *start };
+                if s < 0 || *length < 0 || s + length > len {
+                    return Err(format!("narrow({start}, {length}) of {len}"));
+                }
+                take(x, d, s as usize, *length as usize, 1)
+            }
+            Op::Embedding { weight, indices } => {
+                let (w, ix) = (t(*weight)?, t(*indices)?);
+                let [n, width] = w.shape[..] else {
+                    return Err(format!("embedding table of shape {:?}", w.shape));
+                };
+                let mut data = Vec::with_capacity(ix.data.len() * width);
+                for &i in &ix.data {
+                    if !(i >= 0.0 && i < n as f32 && i.fract() == 0.0) {
+                        return Err(format!("embedding index {i} outside a table of {n}"));
+                    }
+                    let row = i as usize * width;
+                    data.extend_from_slice(&w.data[row..row + width]);
+                }
+                let mut shape = ix.shape.clone();
+                shape.push(width);
+                Array { shape, data }
+            }
+            Op::Flatten { x, start, end } => {
+                let x = t(*x)?;
+                let mut out = x.clone();
+                if !x.shape.is_empty() {
+                    let (s, e) = (axis(*start, x.shape.len())?, axis(*end, x.shape.len())?);
+                    if s < e {
+                        let merged: usize = x.shape[s..=e].iter().product();
+                        out.shape.splice(s..=e, [merged]);
+                    }
+                } else {
+                    out.shape = vec![1];
+                }
+                out
+            }
             Op::Identity(x) => return Ok(self.get(regs, *x)?.clone()),
             Op::Seq(items) => return Ok(Val::Seq(items.clone())),
         }))
@@ -918,6 +1016,63 @@ fn compile_node(node: &Node, refs: &HashMap<usize, Ref>, consts: &[Val]) -> Fall
         "aten::neg" => unary(Unary::Neg),
         "aten::abs" => unary(Unary::Abs),
         "aten::sqrt" => unary(Unary::Sqrt),
+        "aten::log1p" => unary(Unary::Log1p),
+        "aten::sign" => unary(Unary::Sign),
+        "aten::minimum" => binary(Binary::Min),
+        "aten::maximum" => binary(Binary::Max),
+        "aten::clamp_min" | "aten::clamp_max" => {
+            arity(2)?;
+            let bound = number(1)?;
+            let (min, max) = if kind == "aten::clamp_min" {
+                (bound, None)
+            } else {
+                (None, bound)
+            };
+            Ok(Op::Clamp {
+                x: arg(0)?,
+                min,
+                max,
+            })
+        }
+        "aten::to" => {
+            // to(x, dtype, non_blocking, copy, memory_format): casts between
+            // float32 and the integer types (values held as floats).
+            arity(5)?;
+            match constant(1)? {
+                // ScalarType Float.
+                Val::Int(6) => Ok(Op::Identity(arg(0)?)),
+                // Int, Long: toward zero, as libtorch casts.
+                Val::Int(3 | 4) => Ok(Op::Unary(Unary::Trunc, arg(0)?)),
+                other => Err(format!("aten::to {other:?}")),
+            }
+        }
+        "aten::narrow" => {
+            arity(4)?;
+            Ok(Op::Narrow {
+                x: arg(0)?,
+                dim: int(1)?,
+                start: int(2)?,
+                length: int(3)?,
+            })
+        }
+        "aten::embedding" => {
+            arity(5)?;
+            if !matches!(arg(0)?, Ref::Const(_)) {
+                return Err("aten::embedding of a table that is not a constant".into());
+            }
+            Ok(Op::Embedding {
+                weight: arg(0)?,
+                indices: arg(1)?,
+            })
+        }
+        "aten::flatten" => {
+            arity(3)?;
+            Ok(Op::Flatten {
+                x: arg(0)?,
+                start: int(1)?,
+                end: int(2)?,
+            })
+        }
         "aten::softplus" => {
             arity(3)?;
             Ok(Op::Softplus {
@@ -1014,7 +1169,8 @@ fn compile_node(node: &Node, refs: &HashMap<usize, Ref>, consts: &[Val]) -> Fall
                 }
                 n => return Err(format!("{kind} with {n} arguments")),
             };
-            if !matches!(constant(node.inputs.len() - 1)?, Val::None) {
+            // dtype: None or Float (6).
+            if !matches!(constant(node.inputs.len() - 1)?, Val::None | Val::Int(6)) {
                 return Err(format!("{kind} to another dtype"));
             }
             Ok(Op::Reduce {
@@ -1117,6 +1273,48 @@ mod tests {
             (2, 2),
             "columns of one [N, 2] tensor"
         );
+    }
+
+    /// What Encore's own churn export does (`encore_models::churn`):
+    /// numeric columns squashed, categorical columns cast to integers,
+    /// bounded, offset into one embedding table and flattened beside them.
+    #[test]
+    fn categorical_embeddings_match_libtorch() {
+        let dir = tempfile::tempdir().unwrap();
+        let top = Tensor::from_slice(&[2i64, 3]);
+        let offsets = Tensor::from_slice(&[0i64, 3]);
+        let (table, w, b) = (
+            weights(&[7, 4], 11),
+            weights(&[2, 11], 12),
+            weights(&[2], 13),
+        );
+        let source = "def forward(self, x):
+    num = torch.narrow(x, 1, 0, 3)
+    cat = torch.narrow(x, 1, 3, 2).to(4)
+    z = torch.sign(num) * torch.log1p(torch.abs(num))
+    idx = torch.minimum(torch.clamp_min(cat, 0), self.top) + self.offsets
+    e = torch.flatten(torch.embedding(self.table, idx), 1, 2)
+    h = torch.cat([z, e], 1)
+    return torch.sigmoid(torch.linear(h, self.w, self.b))
+";
+        let (m, graph) = module(
+            dir.path(),
+            source,
+            &[
+                ("top", &top),
+                ("offsets", &offsets),
+                ("table", &table),
+                ("w", &w),
+                ("b", &b),
+            ],
+        );
+        let plan = Plan::compile(&graph, 2).unwrap();
+        // Random rows put the categorical columns in -3..3: clamped, cast,
+        // bounded; plus rows with the largest categories.
+        plan.check(&m, 5, &[0.5, -1.0, 2.0, 9.0, 9.7, 0.0, 0.0, 0.0, 1.9, 2.2])
+            .unwrap();
+        let out = plan.run(&[0.5, -1.0, 2.0, 9.0, 9.7], 1).unwrap();
+        assert_eq!((out.len(), out[0].len()), (2, 1));
     }
 
     /// A plan that answers differently from libtorch is caught by the check.

@@ -87,6 +87,12 @@ extern "C" int encore_frozen_graph(const char *path, char **text_out, float **da
             auto flat = tensor.contiguous();
             auto *p = flat.data_ptr<float>();
             data.insert(data.end(), p, p + flat.numel());
+          } else if ((tensor.scalar_type() == at::kLong || tensor.scalar_type() == at::kInt) &&
+                     tensor.numel() <= 65536) {
+            // Small integer tensors (offsets, bounds) go in the text.
+            auto flat = tensor.to(at::kLong).contiguous();
+            auto *p = flat.data_ptr<int64_t>();
+            text << ' ' << dims(at::IntArrayRef(p, flat.numel()));
           }
         } else {
           text << "other " << token(value->tagKind());

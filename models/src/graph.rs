@@ -9,7 +9,8 @@
 //! ```text
 //! in <value>                                   a graph input (after self)
 //! const <value> int 3 | float 0.5 | bool 1 | none | ints 1,2 | other <tag>
-//! const <value> tensor <dtype> <dims|->        data follows in the float buffer
+//! const <value> tensor Float <dims|->         data follows in the float buffer
+//! const <value> tensor Long <dims|-> <values|-> small integer tensors, in the text
 //! op <kind> <outputs|-> <inputs|-> [blocks]    e.g. op aten::linear 7 1,5,6
 //! ret <values>
 //! ```
@@ -53,6 +54,13 @@ pub enum Constant {
         shape: Vec<usize>,
         /// Its values, row-major.
         values: Vec<f32>,
+    },
+    /// A small int64 (or int32) tensor: its shape and row-major values.
+    Longs {
+        /// Its shape.
+        shape: Vec<usize>,
+        /// Its values, row-major.
+        values: Vec<i64>,
     },
     /// A tensor of another dtype (its values are not read).
     OtherTensor(String),
@@ -158,6 +166,14 @@ impl FrozenGraph {
                                 return Err(bad("tensor data missing"));
                             }
                             Constant::Floats { shape, values }
+                        }
+                        ["tensor", "Long" | "Int", shape, values] => {
+                            let shape: Vec<usize> = list(shape).map_err(|e| bad(&e))?;
+                            let values: Vec<i64> = list(values).map_err(|e| bad(&e))?;
+                            if values.len() != shape.iter().product::<usize>() {
+                                return Err(bad("tensor values do not fill its shape"));
+                            }
+                            Constant::Longs { shape, values }
                         }
                         ["tensor", dtype, _] => Constant::OtherTensor((*dtype).to_string()),
                         ["other", tag] => Constant::Other((*tag).to_string()),
