@@ -25,6 +25,10 @@ struct Args {
     /// Port on 127.0.0.1; 0 picks a free one.
     #[arg(long, default_value_t = 0)]
     port: u16,
+    /// Serve as the model server does: the gRPC service as an axum router
+    /// under `axum::serve` (gRPC and HTTP on one port), not tonic's `Server`.
+    #[arg(long)]
+    axum: bool,
 }
 
 struct Echo {
@@ -143,6 +147,17 @@ fn main() -> anyhow::Result<()> {
         .block_on(async {
             let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await?;
             println!("kserve-echo listening on {}", listener.local_addr()?);
+            if args.axum {
+                use axum::serve::ListenerExt;
+                let listener = listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
+                let router =
+                    tonic::service::Routes::new(GrpcInferenceServiceServer::new(Echo::new()))
+                        .into_axum_router();
+                axum::serve(listener, router).await?;
+                return Ok(());
+            }
             let incoming =
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             tonic::transport::Server::builder()
