@@ -231,7 +231,7 @@ impl ScoringService {
 
 #[tonic::async_trait]
 impl Scoring for ScoringService {
-    #[instrument(skip_all, fields(model = %request.get_ref().model_name, users = request.get_ref().user_ids.len()))]
+    #[instrument(level = "debug", skip_all, fields(model = %request.get_ref().model_name, users = request.get_ref().user_ids.len()))]
     async fn score_churn(
         &self,
         request: Request<ScoreChurnRequest>,
@@ -247,7 +247,7 @@ impl Scoring for ScoringService {
         Ok(Response::new(result?))
     }
 
-    #[instrument(skip_all, fields(model = %request.get_ref().model_name, user_id = request.get_ref().user_id))]
+    #[instrument(level = "debug", skip_all, fields(model = %request.get_ref().model_name, user_id = request.get_ref().user_id))]
     async fn recommend(
         &self,
         request: Request<RecommendRequest>,
