@@ -123,8 +123,7 @@ PY
 done
 # The same rate with the sender woken on a 50 µs grid (every request due by
 # then sent at once): Linux's default timer slack, so what a sleep-paced
-# generator such as perf_analyzer does; it spares the one-thread generator
-# a timer reprogram per request. The lateness shows in the send lag.
+# generator such as perf_analyzer does. The lateness shows in the send lag.
 for try in 1 2 3; do
     echo "bench: encore churn open loop at $half req/s, 50 us send grid, try $try of 3" >&2
     "$BIN/serving-load" --addr "$ADDR" --model churn --users "$USERS" --rate "$half" --seconds 5 \

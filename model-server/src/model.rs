@@ -230,12 +230,6 @@ impl ServedModel {
         self.answer(receiver, deadline).await
     }
 
-    /// Whether requests of this version run on its native plan (up to
-    /// `native_max_rows` rows).
-    pub fn is_native(&self) -> bool {
-        self.native.is_some()
-    }
-
     /// Runs a module whose one input is a float matrix `[n, width]` on
     /// `values` (its rows, row-major) through the batcher: per output, the
     /// values of the rows as plain floats. A small request of a model with
@@ -259,7 +253,7 @@ impl ServedModel {
             }
             let rows = values.len() / width;
             let started = Instant::now();
-            let result = plan.run(&values, rows);
+            let result = plan.run(values, width);
             self.batcher
                 .record_direct(rows, started.elapsed(), result.is_ok());
             return result.map_err(|e| {
@@ -652,7 +646,6 @@ fn index_items(
     }
 }
 
-/// The first `k` pairs that are neither excluded nor repeated.
 /// The native plan of the churn module at `path` once it compiles and
 /// answers random batches and a few snapshot rows as `module` does;
 /// otherwise (logged) `None`, and the model runs on libtorch.
@@ -698,6 +691,7 @@ fn compile_native(
     }
 }
 
+/// The first `k` pairs that are neither excluded nor repeated.
 fn top_k(
     pairs: impl IntoIterator<Item = (i64, f32)>,
     k: usize,

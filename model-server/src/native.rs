@@ -226,8 +226,6 @@ impl Plan {
                         data: values.clone(),
                     })
                 }
-                // Unused constants of other kinds are harmless; an operator
-                // reading one fails to compile below.
                 // Integer tensors (category offsets and bounds) are held as
                 // floats, exact below 2^24: the plan has one element type.
                 Constant::Longs { shape, values } if values.iter().all(|v| v.abs() < 1 << 24) => {
@@ -236,17 +234,12 @@ impl Plan {
                         data: values.iter().map(|&v| v as f32).collect(),
                     })
                 }
-                Constant::Longs { .. } | Constant::OtherTensor(_) | Constant::Other(_) => Val::None,
+                // Constants the plan cannot hold are harmless unless read:
+                // an operator reading one fails to compile below.
+                Constant::Longs { .. } | Constant::OtherTensor(_) | Constant::Other(_) => continue,
             };
-            let unsupported = match constant {
-                Constant::Longs { values, .. } => values.iter().any(|v| v.abs() >= 1 << 24),
-                Constant::OtherTensor(_) | Constant::Other(_) => true,
-                _ => false,
-            };
-            if !unsupported {
-                refs.insert(*id, Ref::Const(consts.len()));
-                consts.push(val);
-            }
+            refs.insert(*id, Ref::Const(consts.len()));
+            consts.push(val);
         }
         let mut ops = Vec::with_capacity(graph.nodes.len());
         for node in &graph.nodes {
@@ -287,14 +280,14 @@ impl Plan {
         self.ops.is_empty()
     }
 
-    /// Runs `forward` on `rows` rows of `values` (`[rows, width]`,
-    /// row-major): per output, its values (one per row for a churn model).
-    pub fn run(&self, values: &[f32], rows: usize) -> Fallible<Vec<Vec<f32>>> {
-        let width = values.len().checked_div(rows).unwrap_or(0);
+    /// Runs `forward` on `values`, rows of `width` features (row-major):
+    /// per output, its values (one per row for a churn model).
+    pub fn run(&self, values: Vec<f32>, width: usize) -> Fallible<Vec<Vec<f32>>> {
+        let rows = values.len().checked_div(width).unwrap_or(0);
         let mut regs: Vec<Option<Val>> = vec![None; self.registers];
         regs[0] = Some(Val::Tensor(Array {
             shape: vec![rows, width],
-            data: values.to_vec(),
+            data: values,
         }));
         for (op, out) in &self.ops {
             let val = self.exec(op, &regs)?;
@@ -344,8 +337,8 @@ impl Plan {
         }
         for batch in batches {
             let rows = batch.len() / width.max(1);
-            let ours = self.run(&batch, rows)?;
             let input = Tensor::from_slice(&batch).view([rows as i64, width as i64]);
+            let ours = self.run(batch, width)?;
             let output = tch::no_grad(|| module.forward_is(&[IValue::Tensor(input)]))
                 .map_err(|e| format!("libtorch forward: {e}"))?;
             let theirs = crate::batcher::output_tensors(output, self.outputs)
@@ -420,7 +413,7 @@ impl Plan {
                 let [k, m] = b.shape[..] else {
                     return Err(format!("matmul by a {:?} tensor", b.shape));
                 };
-                let mut out = linear_kxm(t(*a)?, &b.data, k, m)?;
+                let mut out = linear(t(*a)?, &b.data, k, m, None)?;
                 if let Some((c, beta, alpha)) = add {
                     let c = self.operand(regs, *c)?;
                     out = broadcast(&c, &out, |c, p| beta * c + alpha * p)?;
@@ -641,7 +634,8 @@ fn cat(parts: &[&Array], dim: i64, stack: bool) -> Fallible<Array> {
         s
     };
     let base = shape_of(first);
-    let mut total = 0;
+    // Each part's length along `d`.
+    let mut lengths = Vec::with_capacity(parts.len());
     for p in parts {
         let s = shape_of(p);
         if s.len() != base.len()
@@ -652,14 +646,15 @@ fn cat(parts: &[&Array], dim: i64, stack: bool) -> Fallible<Array> {
         {
             return Err(format!("cat of {:?} and {:?}", first.shape, p.shape));
         }
-        total += s[d];
+        lengths.push(s[d]);
     }
+    let total: usize = lengths.iter().sum();
     let outer: usize = base[..d].iter().product();
     let inner: usize = base[d + 1..].iter().product();
     let mut data = Vec::with_capacity(outer * total * inner);
     for o in 0..outer {
-        for p in parts {
-            let n = shape_of(p)[d] * inner;
+        for (p, length) in parts.iter().zip(&lengths) {
+            let n = length * inner;
             data.extend_from_slice(&p.data[o * n..(o + 1) * n]);
         }
     }
@@ -730,11 +725,6 @@ fn transpose(x: &Array) -> Fallible<Array> {
         }
         _ => Err(format!("t() of a {:?} tensor", x.shape)),
     }
-}
-
-/// `x @ w` for `x` `[.., k]` and `w` `[k, m]` (row-major).
-fn linear_kxm(x: &Array, w: &[f32], k: usize, m: usize) -> Fallible<Array> {
-    linear(x, w, k, m, None)
 }
 
 /// `x @ wt + bias` for `x` `[.., k]`, `wt` `[k, m]`: each row accumulates
@@ -1237,7 +1227,7 @@ mod tests {
         );
         let plan = Plan::compile(&graph, 3).unwrap();
         plan.check(&m, 8, &[]).unwrap();
-        let out = plan.run(&[0.5; 16], 2).unwrap();
+        let out = plan.run(vec![0.5; 16], 8).unwrap();
         assert_eq!(out.len(), 3);
         assert!(out.iter().all(|o| o.len() == 2));
         // Monotone heads: p7 <= p15 <= p30.
@@ -1267,7 +1257,7 @@ mod tests {
         drop(m);
         let plan = Plan::compile(&graph, 2).unwrap();
         plan.check(&m2, 6, &[]).unwrap();
-        let out = plan.run(&[1.0; 12], 2).unwrap();
+        let out = plan.run(vec![1.0; 12], 6).unwrap();
         assert_eq!(
             (out.len(), out[0].len()),
             (2, 2),
@@ -1313,7 +1303,7 @@ mod tests {
         // bounded; plus rows with the largest categories.
         plan.check(&m, 5, &[0.5, -1.0, 2.0, 9.0, 9.7, 0.0, 0.0, 0.0, 1.9, 2.2])
             .unwrap();
-        let out = plan.run(&[0.5, -1.0, 2.0, 9.0, 9.7], 1).unwrap();
+        let out = plan.run(vec![0.5, -1.0, 2.0, 9.0, 9.7], 5).unwrap();
         assert_eq!((out.len(), out[0].len()), (2, 1));
     }
 

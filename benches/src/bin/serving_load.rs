@@ -80,8 +80,9 @@ struct Args {
     /// send every request due by then (0: a wake-up per request). Linux
     /// lets a sleeping thread's timer fire up to 50 µs late (timer slack)
     /// to batch wake-ups, which is how perf_analyzer's sleep-based pacing
-    /// behaves; each wake-up of this one thread costs a timer reprogram
-    /// that a VM pays dearly for. The lateness is in the send-lag figure.
+    /// behaves; fewer wake-ups cost this one thread less (at 33,000 req/s
+    /// a 100 µs grid cut its CPU per request from ~30 to ~21 µs, 50 µs
+    /// hardly at all). The lateness is in the send-lag figure.
     #[arg(long, default_value_t = 0)]
     tick_us: u64,
     /// Label written into each JSON line (e.g. encore, python).
