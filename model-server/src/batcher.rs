@@ -479,13 +479,7 @@ impl Batcher {
             .iter()
             .find_map(|m| m.try_lock().ok())
             .map(|module| {
-                let now = Instant::now();
-                if deadline.is_some_and(|d| d <= now) {
-                    return Err(Error::DeadlineExceeded(format!(
-                        "deadline exceeded before model {} ran",
-                        self.label
-                    )));
-                }
+                self.before(deadline)?;
                 adopt_torch_threads();
                 let m = &self.exec.metrics;
                 m.inline.inc();
@@ -494,15 +488,43 @@ impl Batcher {
             })
     }
 
-    /// Records one request that ran outside the queue (the native plan) in
-    /// the model's metrics, as a batch of `rows` that took `took`.
-    pub fn record_direct(&self, rows: usize, took: Duration, ok: bool) {
+    /// Runs `plan`, this model compiled to native code, on `values` (rows
+    /// of `width` floats) at once on this thread, outside the queue; the
+    /// model's metrics count it as a batch of its rows.
+    pub fn run_native(
+        &self,
+        plan: &crate::native::Plan,
+        values: Vec<f32>,
+        width: usize,
+        deadline: Option<Instant>,
+    ) -> Result<FloatOutputs> {
+        self.before(deadline)?;
+        let rows = values.len().checked_div(width).unwrap_or(0);
+        let started = Instant::now();
+        let result = plan.run(values, width);
         let m = &self.exec.metrics;
         m.native.inc();
         m.queue.observe(0.0);
         m.batch_size.observe(rows as f64);
-        m.inference.observe(took.as_secs_f64());
-        if ok { m.ok.inc() } else { m.failed.inc() }
+        m.inference.observe(started.elapsed().as_secs_f64());
+        if result.is_ok() {
+            m.ok.inc()
+        } else {
+            m.failed.inc()
+        }
+        result.map_err(|e| Error::Internal(format!("model {} (native plan): {e}", self.label)))
+    }
+
+    /// DEADLINE_EXCEEDED when `deadline` passed before the model could run
+    /// a request outside the queue.
+    fn before(&self, deadline: Option<Instant>) -> Result<()> {
+        match deadline {
+            Some(d) if d <= Instant::now() => Err(Error::DeadlineExceeded(format!(
+                "deadline exceeded before model {} ran",
+                self.label
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Requests waiting now.

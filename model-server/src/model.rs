@@ -240,25 +240,14 @@ impl ServedModel {
         width: usize,
         deadline: Option<Instant>,
     ) -> Result<FloatOutputs> {
+        // No rows go where libtorch answers them (a plan's shapes assume some).
         if let Some(plan) = &self.native
             && width > 0
+            && !values.is_empty()
             && values.len().is_multiple_of(width)
             && values.len() / width <= self.native_max_rows
         {
-            if deadline.is_some_and(|d| d <= Instant::now()) {
-                return Err(Error::DeadlineExceeded(format!(
-                    "deadline exceeded before model {} ran",
-                    self.label()
-                )));
-            }
-            let rows = values.len() / width;
-            let started = Instant::now();
-            let result = plan.run(values, width);
-            self.batcher
-                .record_direct(rows, started.elapsed(), result.is_ok());
-            return result.map_err(|e| {
-                Error::Internal(format!("model {} (native plan): {e}", self.label()))
-            });
+            return self.batcher.run_native(plan, values, width, deadline);
         }
         if let Some(result) = self.batcher.run_inline_floats(&values, width, deadline) {
             return result;
