@@ -194,6 +194,50 @@ fn the_open_loop_on_a_send_grid_sends_every_request_late_by_the_wait() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Every line says at what priority the generator ran (serving.sh runs it
+/// above the server's): here the test's own nice value, then 5 more under
+/// `nice -n 5`.
+#[test]
+fn every_line_reports_the_generators_nice_value() {
+    let echo = echo();
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let own: i64 = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(16)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let args = [
+        "--addr",
+        &echo.addr,
+        "--concurrency",
+        "1",
+        "--seconds",
+        "0.2",
+        "--warmup-seconds",
+        "0",
+    ];
+    let (ok, lines, err) = load(&args);
+    assert!(ok, "{err}");
+    assert_eq!(lines[0]["generator_nice"], own, "{}", lines[0]);
+    let out = Command::new("nice")
+        .args(["-n", "5", env!("CARGO_BIN_EXE_serving-load")])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(line["generator_nice"], (own + 5).min(19), "{line}");
+}
+
 #[test]
 fn an_unreachable_server_or_a_missing_server_process_is_named() {
     let (ok, _, err) = load(&["--addr", "127.0.0.1:1", "--concurrency", "1"]);

@@ -248,6 +248,15 @@ fn process_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok((ticks(11)? + ticks(12)?) / hz)
 }
 
+/// This process's nice value (field 19 of /proc/self/stat), reported with
+/// every result: benches/serving.sh runs the generator above the server's
+/// priority so the instrument is not the one starved of a core.
+fn own_nice() -> Option<i64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(16)?.parse().ok()
+}
+
 /// Involuntary context switches of all of a process's threads now alive,
 /// from /proc/PID/task/*/status (0 for threads that cannot be read).
 fn process_preemptions(pid: u32) -> u64 {
@@ -560,6 +569,7 @@ fn main() -> anyhow::Result<()> {
             line["label"] = args.label.clone().into();
             line["model"] = args.model.clone().into();
             line["rate"] = rate.into();
+            line["generator_nice"] = own_nice().into();
             println!("{line}");
         } else {
             for &c in &args.concurrency {
@@ -569,6 +579,7 @@ fn main() -> anyhow::Result<()> {
                 line["label"] = args.label.clone().into();
                 line["model"] = args.model.clone().into();
                 line["concurrency"] = c.into();
+                line["generator_nice"] = own_nice().into();
                 println!("{line}");
             }
         }
