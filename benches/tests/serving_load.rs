@@ -36,10 +36,13 @@ fn echo() -> Echo {
 
 /// Runs `serving-load`: (succeeded, its JSON lines, stderr).
 fn load(args: &[&str]) -> (bool, Vec<serde_json::Value>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_serving-load"))
-        .args(args)
-        .output()
-        .unwrap();
+    run(Command::new(env!("CARGO_BIN_EXE_serving-load")).args(args))
+}
+
+/// Runs `command` (`serving-load`, perhaps under a wrapper) to the end:
+/// (succeeded, its JSON lines, stderr).
+fn run(command: &mut Command) -> (bool, Vec<serde_json::Value>, String) {
+    let out = command.output().unwrap();
     let lines = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -195,19 +198,14 @@ fn the_open_loop_on_a_send_grid_sends_every_request_late_by_the_wait() {
 }
 
 /// Every line says at what priority the generator ran (serving.sh runs it
-/// above the server's): here the test's own nice value, then 5 more under
-/// `nice -n 5`.
+/// above the server's): here the test's own nice value (as `nice` prints
+/// it), then 5 more under `nice -n 5`.
 #[test]
 fn every_line_reports_the_generators_nice_value() {
     let echo = echo();
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let own: i64 = stat
-        .rsplit_once(')')
+    let own: i64 = String::from_utf8(Command::new("nice").output().unwrap().stdout)
         .unwrap()
-        .1
-        .split_whitespace()
-        .nth(16)
-        .unwrap()
+        .trim()
         .parse()
         .unwrap();
     let args = [
@@ -223,19 +221,16 @@ fn every_line_reports_the_generators_nice_value() {
     let (ok, lines, err) = load(&args);
     assert!(ok, "{err}");
     assert_eq!(lines[0]["generator_nice"], own, "{}", lines[0]);
-    let out = Command::new("nice")
+    let (ok, lines, err) = run(Command::new("nice")
         .args(["-n", "5", env!("CARGO_BIN_EXE_serving-load")])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
+        .args(args));
+    assert!(ok, "{err}");
+    assert_eq!(
+        lines[0]["generator_nice"],
+        (own + 5).min(19),
         "{}",
-        String::from_utf8_lossy(&out.stderr)
+        lines[0]
     );
-    let line: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
-    assert_eq!(line["generator_nice"], (own + 5).min(19), "{line}");
 }
 
 #[test]

@@ -227,15 +227,19 @@ impl CpuMeter {
     }
 }
 
-/// utime + stime of a process from /proc/PID/stat (fields 14 and 15,
-/// counted after the parenthesised command name, which may hold spaces).
+/// The fields of a /proc/PID/stat line after the parenthesised command
+/// name (which may hold spaces): index 0 is field 3, the state.
+fn stat_fields(stat: &str) -> Vec<&str> {
+    stat.rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default()
+}
+
+/// utime + stime of a process from /proc/PID/stat (fields 14 and 15).
 fn process_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("--server-pid {pid}: cannot read /proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
+    let fields = stat_fields(&stat);
     let ticks = |i: usize| -> anyhow::Result<f64> {
         fields
             .get(i)
@@ -253,8 +257,7 @@ fn process_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
 /// priority so the instrument is not the one starved of a core.
 fn own_nice() -> Option<i64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(16)?.parse().ok()
+    stat_fields(&stat).get(16)?.parse().ok()
 }
 
 /// Involuntary context switches of all of a process's threads now alive,
