@@ -52,6 +52,10 @@ BIN=${CARGO_TARGET_DIR:-target}/release
 # at the default priority, and the half-max tries are repeated at the
 # default priority either way.
 GEN_NICE=${ENCORE_BENCH_GENERATOR_NICE:--5}
+if ! [[ "$GEN_NICE" =~ ^-?[0-9]+$ ]]; then
+    echo "ENCORE_BENCH_GENERATOR_NICE must be an integer nice value, got '$GEN_NICE'" >&2
+    exit 2
+fi
 if [ "$(nice -n "$GEN_NICE" nice 2>/dev/null)" != "$(($(nice) + GEN_NICE))" ]; then
     echo "bench: cannot run the load generator at nice $GEN_NICE here; it runs at the default priority" >&2
     GEN_NICE=0
