@@ -139,6 +139,44 @@ fn closed_and_open_loops_count_time_and_cost_every_request() {
 /// together; every request is still sent and counted, and the send lag in
 /// the trace is the wait for the grid.
 #[test]
+fn the_h2_client_sends_and_checks_every_request_as_the_tonic_one_does() {
+    let server = echo();
+    let pid = server.child.id().to_string();
+    for client in ["tonic", "h2"] {
+        let common = [
+            "--addr",
+            &server.addr,
+            "--warmup-seconds",
+            "0.1",
+            "--client",
+            client,
+        ];
+        let mut args = common.to_vec();
+        args.extend(["--concurrency", "1,4", "--seconds", "0.3"]);
+        let (ok, lines, err) = load(&args);
+        assert!(ok, "{client}: {err}");
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        for line in &lines {
+            assert_eq!(line["grpc_client"], client, "{line}");
+            assert_eq!(line["errors"], 0, "{line}");
+            assert!(f(line, "ok") >= 10.0, "{line}");
+        }
+        // 400 req/s for 0.5 s: exactly 200 sends, all answered.
+        let mut args = common.to_vec();
+        args.extend(["--rate", "400", "--seconds", "0.5", "--server-pid", &pid]);
+        let (ok, lines, err) = load(&args);
+        assert!(ok, "{client}: {err}");
+        assert_eq!(
+            (f(&lines[0], "ok"), f(&lines[0], "errors")),
+            (200.0, 0.0),
+            "{lines:?}"
+        );
+    }
+    let (ok, _, err) = load(&["--addr", &server.addr, "--client", "grpcio"]);
+    assert!(!ok && err.contains("--client"), "{err}");
+}
+
+#[test]
 fn the_open_loop_on_a_send_grid_sends_every_request_late_by_the_wait() {
     let echo = echo();
     let addr = echo.addr.clone();

@@ -8,9 +8,11 @@
 //!   waiting client.
 //!
 //! It runs on one thread, so the server under test keeps the other core,
-//! and spends as little of it as it can: requests go straight onto hyper
-//! HTTP/2 connections (`--connections`, 4), and open-loop sends are paced by
-//! a timerfd in the reactor, so responses are read the moment they arrive.
+//! and spends as little of it as it can: requests go straight onto HTTP/2
+//! connections (`--connections`, 4; through tonic and hyper, or with
+//! `--client h2` through h2 alone, one write per request), and open-loop
+//! sends are paced by a timerfd in the reactor, so responses are read the
+//! moment they arrive.
 
 use std::fs::File;
 use std::io::Read;
@@ -18,13 +20,15 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use bytes::{BufMut, Bytes, BytesMut};
 use clap::Parser;
 use encore_benches::{Rng, Summary, churn_request, recommend_request};
-use encore_proto::inference::ModelInferRequest;
 use encore_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use encore_proto::inference::{ModelInferRequest, ModelInferResponse};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use prost::Message;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
@@ -85,6 +89,12 @@ struct Args {
     /// hardly at all). The lateness is in the send-lag figure.
     #[arg(long, default_value_t = 0)]
     tick_us: u64,
+    /// `tonic` (tonic's client over hyper's HTTP/2 connection: each
+    /// request leaves in two writes, HEADERS then DATA, as a tonic
+    /// application's do) or `h2` (the frames queued together and sent in
+    /// one write, as gRPC's C++, Go and Python clients send them).
+    #[arg(long, default_value = "tonic", value_parser = ["tonic", "h2"])]
+    client: String,
     /// Label written into each JSON line (e.g. encore, python).
     #[arg(long, default_value = "server")]
     label: String,
@@ -151,12 +161,141 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Connection {
     }
 }
 
-async fn clients(args: &Args) -> anyhow::Result<Vec<GrpcInferenceServiceClient<Connection>>> {
+/// One HTTP/2 connection speaking unary gRPC through `h2` itself.
+///
+/// Each request's HEADERS and DATA frames are queued together and leave in
+/// one write, as gRPC's C++, Go and Python clients send them. Through
+/// hyper's client (and so tonic's) the body is piped by a separate task
+/// after the connection has flushed the headers: two writes per request,
+/// and two loopback deliveries the server under test is woken for.
+#[derive(Clone)]
+struct H2Channel {
+    send: h2::client::SendRequest<Bytes>,
+    path: http::Uri,
+}
+
+impl H2Channel {
+    async fn connect(addr: &str) -> anyhow::Result<Self> {
+        let path: http::Uri = format!("http://{addr}/inference.GRPCInferenceService/ModelInfer")
+            .parse()
+            .with_context(|| format!("--addr {addr}"))?;
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("cannot connect to {addr}"))?;
+        tcp.set_nodelay(true)?;
+        // Windows as hyper's client opens them: responses never wait for a
+        // WINDOW_UPDATE, and the generator seldom writes one.
+        let (send, connection) = h2::client::Builder::new()
+            .initial_window_size(2 << 20)
+            .initial_connection_window_size(5 << 20)
+            .handshake(tcp)
+            .await
+            .with_context(|| format!("HTTP/2 handshake with {addr}"))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                eprintln!("serving-load: connection closed: {e}");
+            }
+        });
+        Ok(Self { send, path })
+    }
+
+    /// Sends one gRPC message (`framed`: with its 5-byte prefix) and reads
+    /// the answer: HTTP 200, a whole `ModelInferResponse`, `grpc-status` 0.
+    async fn infer(self, framed: Bytes) -> anyhow::Result<ModelInferResponse> {
+        let mut send = self.send.ready().await?;
+        let request = http::Request::post(self.path)
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header(http::header::TE, "trailers")
+            .body(())?;
+        let (response, mut body) = send.send_request(request, false)?;
+        body.send_data(framed, true)?;
+        let response = response.await?;
+        anyhow::ensure!(
+            response.status() == http::StatusCode::OK,
+            "HTTP status {}",
+            response.status()
+        );
+        // A failed call answers with trailers only: grpc-status in the headers.
+        grpc_ok(response.headers())?;
+        let mut body = response.into_body();
+        let mut message = BytesMut::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk?;
+            body.flow_control().release_capacity(chunk.len())?;
+            message.extend_from_slice(&chunk);
+        }
+        match body.trailers().await? {
+            Some(trailers) => grpc_ok(&trailers)?,
+            None => anyhow::bail!("the answer has no trailers (no grpc-status)"),
+        }
+        anyhow::ensure!(
+            message.len() >= 5 && message[0] == 0,
+            "the answer is not one uncompressed gRPC message"
+        );
+        let length = u32::from_be_bytes([message[1], message[2], message[3], message[4]]);
+        anyhow::ensure!(
+            message.len() == 5 + length as usize,
+            "the answer's gRPC message is {} bytes, its prefix says {length}",
+            message.len() - 5
+        );
+        Ok(ModelInferResponse::decode(&message[5..])?)
+    }
+}
+
+/// Fails unless `headers` carry no `grpc-status` or `grpc-status: 0`.
+fn grpc_ok(headers: &http::HeaderMap) -> anyhow::Result<()> {
+    match headers.get("grpc-status") {
+        None => Ok(()),
+        Some(status) if status == "0" => Ok(()),
+        Some(status) => anyhow::bail!("grpc-status {status:?}: {:?}", headers.get("grpc-message")),
+    }
+}
+
+/// `message` as one gRPC frame: uncompressed flag, length, bytes.
+fn grpc_frame(message: &ModelInferRequest) -> Bytes {
+    let length = message.encoded_len();
+    let mut out = BytesMut::with_capacity(5 + length);
+    out.put_u8(0);
+    out.put_u32(length as u32);
+    message
+        .encode(&mut out)
+        .expect("BytesMut grows to any length");
+    out.freeze()
+}
+
+/// One HTTP/2 connection to the server under test, through the client
+/// `--client` names.
+#[derive(Clone)]
+enum Client {
+    Tonic(GrpcInferenceServiceClient<Connection>),
+    H2(H2Channel),
+}
+
+impl Client {
+    /// Sends one request; fails unless a whole `ModelInferResponse` came back.
+    async fn infer(self, request: ModelInferRequest) -> anyhow::Result<()> {
+        match self {
+            Client::Tonic(mut client) => {
+                client.model_infer(request).await?;
+            }
+            Client::H2(channel) => {
+                channel.infer(grpc_frame(&request)).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn clients(args: &Args) -> anyhow::Result<Vec<Client>> {
     let origin: http::Uri = format!("http://{}", args.addr)
         .parse()
         .with_context(|| format!("--addr {}", args.addr))?;
     let mut out = Vec::new();
     for _ in 0..args.connections.max(1) {
+        if args.client == "h2" {
+            out.push(Client::H2(H2Channel::connect(&args.addr).await?));
+            continue;
+        }
         let tcp = tokio::net::TcpStream::connect(&args.addr)
             .await
             .with_context(|| format!("cannot connect to {}", args.addr))?;
@@ -166,10 +305,10 @@ async fn clients(args: &Args) -> anyhow::Result<Vec<GrpcInferenceServiceClient<C
                 .await
                 .with_context(|| format!("HTTP/2 handshake with {}", args.addr))?;
         tokio::spawn(connection);
-        out.push(
+        out.push(Client::Tonic(
             GrpcInferenceServiceClient::with_origin(Connection(send), origin.clone())
                 .max_decoding_message_size(64 << 20),
-        );
+        ));
     }
     Ok(out)
 }
@@ -307,7 +446,7 @@ async fn closed_loop(
     let (from, until) = (start + warmup, start + warmup + measure);
     let mut tasks = Vec::new();
     for i in 0..concurrency {
-        let mut client = clients[i % clients.len()].clone();
+        let client = clients[i % clients.len()].clone();
         let mut rng = Rng::new(i as u64 + 1);
         let workload = Workload::of(args);
         tasks.push(tokio::spawn(async move {
@@ -317,7 +456,7 @@ async fn closed_loop(
                 if sent >= until {
                     break;
                 }
-                let result = client.model_infer(workload.request(&mut rng)).await;
+                let result = client.clone().infer(workload.request(&mut rng)).await;
                 if sent >= from {
                     match result {
                         Ok(_) => latencies.push(sent.elapsed()),
@@ -498,11 +637,11 @@ async fn open_loop(
             }
             waited = pacer.until(wake_at(due)) => waited?,
         }
-        let mut client = clients[i as usize % clients.len()].clone();
+        let client = clients[i as usize % clients.len()].clone();
         let request = workload.request(&mut rng);
         in_flight.push(async move {
             let sent = Instant::now();
-            let result = client.model_infer(request).await;
+            let result = client.infer(request).await;
             (due, sent - due, sent.elapsed(), result.is_ok())
         });
         i += 1;
@@ -573,6 +712,7 @@ fn main() -> anyhow::Result<()> {
             line["model"] = args.model.clone().into();
             line["rate"] = rate.into();
             line["generator_nice"] = own_nice().into();
+            line["grpc_client"] = args.client.clone().into();
             println!("{line}");
         } else {
             for &c in &args.concurrency {
@@ -583,9 +723,40 @@ fn main() -> anyhow::Result<()> {
                 line["model"] = args.model.clone().into();
                 line["concurrency"] = c.into();
                 line["generator_nice"] = own_nice().into();
+                line["grpc_client"] = args.client.clone().into();
                 println!("{line}");
             }
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_grpc_frame_is_a_flag_a_big_endian_length_and_the_message() {
+        let request = churn_request(42);
+        let framed = grpc_frame(&request);
+        assert_eq!(framed[0], 0, "uncompressed");
+        let length = u32::from_be_bytes([framed[1], framed[2], framed[3], framed[4]]) as usize;
+        assert_eq!(length, framed.len() - 5);
+        assert_eq!(ModelInferRequest::decode(&framed[5..]).unwrap(), request);
+    }
+
+    #[test]
+    fn only_grpc_status_zero_or_none_is_success() {
+        let mut headers = http::HeaderMap::new();
+        assert!(grpc_ok(&headers).is_ok());
+        headers.insert("grpc-status", "0".parse().unwrap());
+        assert!(grpc_ok(&headers).is_ok());
+        headers.insert("grpc-status", "3".parse().unwrap());
+        headers.insert("grpc-message", "no inputs".parse().unwrap());
+        let error = grpc_ok(&headers).unwrap_err().to_string();
+        assert!(
+            error.contains("\"3\"") && error.contains("no inputs"),
+            "{error}"
+        );
+    }
 }
