@@ -60,7 +60,16 @@ if [ "$(nice -n "$GEN_NICE" nice 2>/dev/null)" != "$(($(nice) + GEN_NICE))" ]; t
     echo "bench: cannot run the load generator at nice $GEN_NICE here; it runs at the default priority" >&2
     GEN_NICE=0
 fi
-load() { nice -n "$GEN_NICE" "$BIN/serving-load" "$@"; }
+# The generator's gRPC client (RESULTS.md, "One write per request"):
+# tonic (the default; every run up to 24 used it) sends each request's
+# HEADERS and DATA in two writes, h2 in one, as gRPC's C++, Go and Python
+# clients do. ENCORE_BENCH_GRPC_CLIENT=h2 loads every server with it.
+GRPC_CLIENT=${ENCORE_BENCH_GRPC_CLIENT:-tonic}
+if [ "$GRPC_CLIENT" != tonic ] && [ "$GRPC_CLIENT" != h2 ]; then
+    echo "ENCORE_BENCH_GRPC_CLIENT must be tonic or h2, got '$GRPC_CLIENT'" >&2
+    exit 2
+fi
+load() { nice -n "$GEN_NICE" "$BIN/serving-load" --client "$GRPC_CLIENT" "$@"; }
 
 WORK=$(mktemp -d)
 PIDS=()
@@ -85,7 +94,7 @@ start() {
 mkdir -p benches/results
 OUT=benches/results/serving-$(date -u +%Y%m%dT%H%M%SZ).jsonl
 {
-    echo "{\"machine\": \"$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GB", $2/1048576}' /proc/meminfo)\", \"users\": $USERS, \"items\": $ITEMS, \"seconds_per_level\": $SECONDS_PER_LEVEL, \"git\": \"$(git rev-parse --short HEAD)\", \"generator_nice\": $GEN_NICE}"
+    echo "{\"machine\": \"$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GB", $2/1048576}' /proc/meminfo)\", \"users\": $USERS, \"items\": $ITEMS, \"seconds_per_level\": $SECONDS_PER_LEVEL, \"git\": \"$(git rev-parse --short HEAD)\", \"generator_nice\": $GEN_NICE, \"grpc_client\": \"$GRPC_CLIENT\"}"
 } >"$OUT"
 
 run_side() {
@@ -197,7 +206,7 @@ import json, sys
 lines = [json.loads(l) for l in open(sys.argv[1])]
 meta, rows = lines[0], lines[1:]
 print(f"machine: {meta['machine']}; {meta['users']} users, {meta['items']} items; {meta['seconds_per_level']} s per level; commit {meta['git']}; "
-      f"load generator at nice {meta.get('generator_nice', 0)}")
+      f"load generator at nice {meta.get('generator_nice', 0)}, gRPC client {meta.get('grpc_client', 'tonic')}")
 print()
 def cpu(r, side):
     v = r.get(f"{side}_cpu_us_per_request")
