@@ -135,9 +135,8 @@ fn closed_and_open_loops_count_time_and_cost_every_request() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// `--tick-us`: sends wait for the next point of the grid and leave
-/// together; every request is still sent and counted, and the send lag in
-/// the trace is the wait for the grid.
+/// `--client h2` (one write per request, through h2 itself) runs the same
+/// loops as tonic's client, every answer checked and counted.
 #[test]
 fn the_h2_client_sends_and_checks_every_request_as_the_tonic_one_does() {
     let server = echo();
@@ -176,6 +175,9 @@ fn the_h2_client_sends_and_checks_every_request_as_the_tonic_one_does() {
     assert!(!ok && err.contains("--client"), "{err}");
 }
 
+/// `--tick-us`: sends wait for the next point of the grid and leave
+/// together; every request is still sent and counted, and the send lag in
+/// the trace is the wait for the grid.
 #[test]
 fn the_open_loop_on_a_send_grid_sends_every_request_late_by_the_wait() {
     let echo = echo();

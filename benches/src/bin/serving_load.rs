@@ -175,14 +175,10 @@ struct H2Channel {
 }
 
 impl H2Channel {
-    async fn connect(addr: &str) -> anyhow::Result<Self> {
-        let path: http::Uri = format!("http://{addr}/inference.GRPCInferenceService/ModelInfer")
+    async fn handshake(tcp: tokio::net::TcpStream, addr: &str) -> anyhow::Result<Self> {
+        let path = format!("http://{addr}/inference.GRPCInferenceService/ModelInfer")
             .parse()
             .with_context(|| format!("--addr {addr}"))?;
-        let tcp = tokio::net::TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("cannot connect to {addr}"))?;
-        tcp.set_nodelay(true)?;
         // Windows as hyper's client opens them: responses never wait for a
         // WINDOW_UPDATE, and the generator seldom writes one.
         let (send, connection) = h2::client::Builder::new()
@@ -201,9 +197,9 @@ impl H2Channel {
 
     /// Sends one gRPC message (`framed`: with its 5-byte prefix) and reads
     /// the answer: HTTP 200, a whole `ModelInferResponse`, `grpc-status` 0.
-    async fn infer(self, framed: Bytes) -> anyhow::Result<ModelInferResponse> {
-        let mut send = self.send.ready().await?;
-        let request = http::Request::post(self.path)
+    async fn infer(&self, framed: Bytes) -> anyhow::Result<ModelInferResponse> {
+        let mut send = self.send.clone().ready().await?;
+        let request = http::Request::post(self.path.clone())
             .header(http::header::CONTENT_TYPE, "application/grpc")
             .header(http::header::TE, "trailers")
             .body(())?;
@@ -273,9 +269,9 @@ enum Client {
 
 impl Client {
     /// Sends one request; fails unless a whole `ModelInferResponse` came back.
-    async fn infer(self, request: ModelInferRequest) -> anyhow::Result<()> {
+    async fn infer(&mut self, request: ModelInferRequest) -> anyhow::Result<()> {
         match self {
-            Client::Tonic(mut client) => {
+            Client::Tonic(client) => {
                 client.model_infer(request).await?;
             }
             Client::H2(channel) => {
@@ -292,14 +288,14 @@ async fn clients(args: &Args) -> anyhow::Result<Vec<Client>> {
         .with_context(|| format!("--addr {}", args.addr))?;
     let mut out = Vec::new();
     for _ in 0..args.connections.max(1) {
-        if args.client == "h2" {
-            out.push(Client::H2(H2Channel::connect(&args.addr).await?));
-            continue;
-        }
         let tcp = tokio::net::TcpStream::connect(&args.addr)
             .await
             .with_context(|| format!("cannot connect to {}", args.addr))?;
         tcp.set_nodelay(true)?;
+        if args.client == "h2" {
+            out.push(Client::H2(H2Channel::handshake(tcp, &args.addr).await?));
+            continue;
+        }
         let (send, connection) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
                 .await
@@ -446,7 +442,7 @@ async fn closed_loop(
     let (from, until) = (start + warmup, start + warmup + measure);
     let mut tasks = Vec::new();
     for i in 0..concurrency {
-        let client = clients[i % clients.len()].clone();
+        let mut client = clients[i % clients.len()].clone();
         let mut rng = Rng::new(i as u64 + 1);
         let workload = Workload::of(args);
         tasks.push(tokio::spawn(async move {
@@ -456,7 +452,7 @@ async fn closed_loop(
                 if sent >= until {
                     break;
                 }
-                let result = client.clone().infer(workload.request(&mut rng)).await;
+                let result = client.infer(workload.request(&mut rng)).await;
                 if sent >= from {
                     match result {
                         Ok(_) => latencies.push(sent.elapsed()),
@@ -637,7 +633,7 @@ async fn open_loop(
             }
             waited = pacer.until(wake_at(due)) => waited?,
         }
-        let client = clients[i as usize % clients.len()].clone();
+        let mut client = clients[i as usize % clients.len()].clone();
         let request = workload.request(&mut rng);
         in_flight.push(async move {
             let sent = Instant::now();
@@ -701,6 +697,14 @@ fn main() -> anyhow::Result<()> {
     if let Some(pid) = args.server_pid {
         process_cpu_seconds(pid)?;
     }
+    // What every line says of the run beside its figures.
+    let stamp = |mut line: serde_json::Value| {
+        line["label"] = args.label.clone().into();
+        line["model"] = args.model.clone().into();
+        line["generator_nice"] = own_nice().into();
+        line["grpc_client"] = args.client.clone().into();
+        line
+    };
     runtime.block_on(async {
         if let Some(rate) = args.rate {
             anyhow::ensure!(rate > 0.0, "--rate must be positive");
@@ -708,23 +712,15 @@ fn main() -> anyhow::Result<()> {
             let mut line = s.to_json();
             add_cpu(&mut line, from, to, s.ok + s.errors);
             line["send_lag_p99_ms"] = lag_p99.into();
-            line["label"] = args.label.clone().into();
-            line["model"] = args.model.clone().into();
             line["rate"] = rate.into();
-            line["generator_nice"] = own_nice().into();
-            line["grpc_client"] = args.client.clone().into();
-            println!("{line}");
+            println!("{}", stamp(line));
         } else {
             for &c in &args.concurrency {
                 let (s, from, to) = closed_loop(&args, c, meter).await?;
                 let mut line = s.to_json();
                 add_cpu(&mut line, from, to, s.ok + s.errors);
-                line["label"] = args.label.clone().into();
-                line["model"] = args.model.clone().into();
                 line["concurrency"] = c.into();
-                line["generator_nice"] = own_nice().into();
-                line["grpc_client"] = args.client.clone().into();
-                println!("{line}");
+                println!("{}", stamp(line));
             }
         }
         Ok(())
