@@ -6,7 +6,9 @@
 #   kserve-echo (the same Rust gRPC stack answering without a model).
 # Load: benches' `serving-load` (Rust, one thread, at nice -5: see below), closed-loop concurrency
 # sweep per model, then open-loop runs (three) of Encore churn at half its best
-# QPS and three each at 30, 35, 40 and 45% of it, then Arrow Flight batch
+# QPS (repeated at the default priority, on a 50 µs send grid, and with the
+# server and the generator on a core each) and three each at 30, 35, 40 and
+# 45% of it, then Arrow Flight batch
 # scoring. Each server runs alone while measured;
 # each result line carries the server's and the generator's CPU per request.
 #
@@ -69,7 +71,8 @@ if [ "$GRPC_CLIENT" != tonic ] && [ "$GRPC_CLIENT" != h2 ]; then
     echo "ENCORE_BENCH_GRPC_CLIENT must be tonic or h2, got '$GRPC_CLIENT'" >&2
     exit 2
 fi
-load() { nice -n "$GEN_NICE" "$BIN/serving-load" --client "$GRPC_CLIENT" "$@"; }
+# GEN_CPU=N pins one call's generator to CPU N.
+load() { ${GEN_CPU:+taskset -c "$GEN_CPU"} nice -n "$GEN_NICE" "$BIN/serving-load" --client "$GRPC_CLIENT" "$@"; }
 
 WORK=$(mktemp -d)
 PIDS=()
@@ -168,6 +171,22 @@ for try in 1 2 3; do
     load --addr "$ADDR" --model churn --users "$USERS" --rate "$half" --seconds 5 \
         --tick-us 50 --label encore-half-max-tick50 --server-pid "${PIDS[0]}" | tee -a "$OUT" >&2
 done
+# The same rate with the generator and the server on cores of their own:
+# every server thread pinned to CPU 0, the generator to CPU 1, as
+# a load generator is best run: beside the server it measures, not among
+# its threads.
+# The server keeps one of the two cores it had when its best QPS was set.
+if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+    taskset -a -p -c 0 "${PIDS[0]}" >/dev/null
+    for try in 1 2 3; do
+        echo "bench: encore churn open loop at $half req/s, server on CPU 0 and generator on CPU 1, try $try of 3" >&2
+        GEN_CPU=1 load --addr "$ADDR" --model churn --users "$USERS" --rate "$half" --seconds 5 \
+            --label encore-half-max-own-cores --server-pid "${PIDS[0]}" | tee -a "$OUT" >&2
+    done
+    taskset -a -p -c "0-$(($(nproc) - 1))" "${PIDS[0]}" >/dev/null
+else
+    echo "bench: fewer than 2 cores or no taskset: no run with the server and generator on cores of their own" >&2
+fi
 # Below half: the open-loop rates, as fractions of the best closed-loop QPS,
 # at which churn's p99 stays under the 2 ms goal (three tries each).
 for fraction in 30 35 40 45; do
@@ -269,7 +288,7 @@ if echo:
             f = echo[r["concurrency"]]
             print(f"| {r['concurrency']} | {r['qps']:.0f} ({r['p99_ms']:.2f}) | {f['qps']:.0f} ({f['p99_ms']:.2f}) | {r['qps'] / f['qps']:.2f} |")
 for r in rows:
-    if "rate" in r and "p99_ms" in r and not r["label"].startswith(("encore-open-", "encore-half-max-tick", "encore-half-max-default")):
+    if "rate" in r and "p99_ms" in r and not r["label"].startswith(("encore-open-", "encore-half-max-tick", "encore-half-max-default", "encore-half-max-own")):
         who = "kserve-echo (no model)" if r["label"].startswith("echo") else "Encore"
         print(f"\n{who} churn open loop at {r['rate']:.0f} req/s, client view: p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms, {r['errors']} errors "
               f"(client send lag p99 {r.get('send_lag_p99_ms', 0):.2f} ms; CPU per request: server {cpu(r, 'server')} µs, load generator {cpu(r, 'client')} µs; "
@@ -311,6 +330,11 @@ if default:
     p99s = ", ".join("%.2f" % r["p99_ms"] for r in default)
     print(f"Same rate, generator at the default priority: p99 median {default[len(default) // 2]['p99_ms']:.3f} ms "
           f"(all: {p99s}; send lag p99 {', '.join('%.2f' % r['send_lag_p99_ms'] for r in default)} ms)")
+own = sorted((r for r in rows if r["label"] == "encore-half-max-own-cores"), key=lambda r: r["p99_ms"])
+if own:
+    print(f"Same rate, server alone on CPU 0 and generator alone on CPU 1: p99 median {own[len(own) // 2]['p99_ms']:.3f} ms "
+          f"(all: {', '.join('%.2f' % r['p99_ms'] for r in own)}; send lag p99 {', '.join('%.2f' % r['send_lag_p99_ms'] for r in own)} ms; "
+          f"server preemptions per request {', '.join('%.3f' % r.get('server_preempted_per_request', float('nan')) for r in own)})")
 ticked = sorted((r for r in rows if r["label"] == "encore-half-max-tick50"), key=lambda r: r["p99_ms"])
 if ticked:
     p99s = ", ".join("%.2f" % r["p99_ms"] for r in ticked)
