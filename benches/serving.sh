@@ -290,7 +290,7 @@ if echo:
             f = echo[r["concurrency"]]
             print(f"| {r['concurrency']} | {r['qps']:.0f} ({r['p99_ms']:.2f}) | {f['qps']:.0f} ({f['p99_ms']:.2f}) | {r['qps'] / f['qps']:.2f} |")
 for r in rows:
-    if "rate" in r and "p99_ms" in r and not r["label"].startswith(("encore-open-", "encore-half-max-tick", "encore-half-max-default", "encore-half-max-own")):
+    if r["label"] in ("encore-half-max", "echo-half-max") and "p99_ms" in r:
         who = "kserve-echo (no model)" if r["label"].startswith("echo") else "Encore"
         print(f"\n{who} churn open loop at {r['rate']:.0f} req/s, client view: p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms, {r['errors']} errors "
               f"(client send lag p99 {r.get('send_lag_p99_ms', 0):.2f} ms; CPU per request: server {cpu(r, 'server')} µs, load generator {cpu(r, 'client')} µs; "
@@ -327,21 +327,18 @@ tries = sorted(r["p99_ms"] for r in rows if r["label"] == "encore-half-max")
 if tries:
     print(f"\nEncore churn open loop, client p99 over {len(tries)} tries: median {tries[len(tries) // 2]:.3f} ms "
           f"(all: {', '.join(f'{t:.2f}' for t in tries)}; goal < 2 ms)")
-default = sorted((r for r in rows if r["label"] == "encore-half-max-default-priority"), key=lambda r: r["p99_ms"])
-if default:
-    p99s = ", ".join("%.2f" % r["p99_ms"] for r in default)
-    print(f"Same rate, generator at the default priority: p99 median {default[len(default) // 2]['p99_ms']:.3f} ms "
-          f"(all: {p99s}; send lag p99 {', '.join('%.2f' % r['send_lag_p99_ms'] for r in default)} ms)")
-own = sorted((r for r in rows if r["label"] == "encore-half-max-own-cores"), key=lambda r: r["p99_ms"])
-if own:
-    print(f"Same rate, a server started on CPU 0 alone and the generator on CPU 1: p99 median {own[len(own) // 2]['p99_ms']:.3f} ms "
-          f"(all: {', '.join('%.2f' % r['p99_ms'] for r in own)}; send lag p99 {', '.join('%.2f' % r['send_lag_p99_ms'] for r in own)} ms; "
-          f"server preemptions per request {', '.join('%.3f' % r.get('server_preempted_per_request', float('nan')) for r in own)})")
-ticked = sorted((r for r in rows if r["label"] == "encore-half-max-tick50"), key=lambda r: r["p99_ms"])
-if ticked:
-    p99s = ", ".join("%.2f" % r["p99_ms"] for r in ticked)
-    lags = ", ".join("%.2f" % r["send_lag_p99_ms"] for r in ticked)
-    print(f"Same rate, sender on a 50 µs grid: p99 median {ticked[len(ticked) // 2]['p99_ms']:.3f} ms "
-          f"(all: {p99s}; send lag p99 {lags} ms; generator CPU {cpu(ticked[0], 'client')} µs per request)")
+# The half-max rate's repeats: each set's p99 median, every try's p99 and send lag.
+def repeats(label, title, extra=lambda tries: ""):
+    tries = sorted((r for r in rows if r["label"] == label), key=lambda r: r["p99_ms"])
+    if tries:
+        print(f"Same rate, {title}: p99 median {tries[len(tries) // 2]['p99_ms']:.3f} ms "
+              f"(all: {', '.join('%.2f' % r['p99_ms'] for r in tries)}; "
+              f"send lag p99 {', '.join('%.2f' % r['send_lag_p99_ms'] for r in tries)} ms{extra(tries)})")
+repeats("encore-half-max-default-priority", "generator at the default priority")
+repeats("encore-half-max-own-cores", "a server started on CPU 0 alone and the generator on CPU 1",
+        lambda tries: "; server preemptions per request "
+        + ", ".join("%.3f" % r.get("server_preempted_per_request", float("nan")) for r in tries))
+repeats("encore-half-max-tick50", "sender on a 50 µs grid",
+        lambda tries: f"; generator CPU {cpu(tries[0], 'client')} µs per request")
 PY
 echo "bench: raw results in $OUT" >&2
